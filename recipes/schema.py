@@ -1,0 +1,173 @@
+"""The recipe schema: every key a recipe may set, its type, its default, and what it does.
+
+Recipes in this folder are pure YAML that override these defaults. The dataclasses are used as an omegaconf
+structured config, so a mistyped key or a value of the wrong type fails before any work starts, with the full
+key path (see ``recipes.loading``). Composer's own names are used wherever Composer has one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class ModelConfig:
+    """The network: torchvision's ResNet architecture wrapped as a Composer classifier."""
+
+    # torchvision architecture name; resnet50 is the product, smaller ones are for quick experiments.
+    name: str = "resnet50"
+    # Number of output classes; None takes it from the data.
+    num_classes: int | None = None
+    # Zero-init the last BN gamma of each residual block (Goyal et al. 2017): each block starts as identity.
+    zero_init_residual: bool = True
+    # Classifier head: "fc" (torchvision's Linear) or "conv1x1" (a 1x1 convolution before pooling).
+    head: str = "fc"
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from, which of them, and how they are transformed and loaded."""
+
+    # digits | imagefolder | ilsvrc | hf | synthetic
+    source: str = "digits"
+    # Root folder (imagefolder, ilsvrc), or a Hugging Face hub name or saved-dataset folder (hf).
+    path: str | None = None
+    # Where derived data (the digits JPEG folder, indexes) is written.
+    cache_dir: str = "~/.cache/mosaic-resnet50"
+    # Split names: folder names for imagefolder, split names for hf ("train"/"validation" for imagenet-1k).
+    train_split: str = "train"
+    val_split: str = "val"
+    # hf: stream from the hub instead of downloading the whole dataset first.
+    hf_streaming: bool = False
+    # hf: environment variable holding the hub token (imagenet-1k is gated).
+    hf_token_env: str = "HF_TOKEN"
+    # synthetic: class count and sample counts (other sources take the class count from the data).
+    num_classes: int = 1000
+    synthetic_train_samples: int = 512
+    synthetic_val_samples: int = 128
+    # digits: fraction held out for validation (stratified, seeded by `seed`).
+    digits_val_fraction: float = 0.2
+    # Training subset: a named size (tiny=1000, small=10000, medium=100000, large=500000, full) or a number.
+    subset_size: str = "full"
+    # Keep only the first N classes (in class order) / at most N training images per class.
+    max_classes: int | None = None
+    max_samples_per_class: int | None = None
+    # Image side length fed to the network.
+    train_resolution: int = 224
+    eval_resolution: int = 224
+    # RandomResizedCrop area range and aspect-ratio range.
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    horizontal_flip: bool = True
+    # Eval: resize the short side to resolution / ratio, then center-crop `eval_resolution`.
+    eval_crop_ratio: float = 0.875
+    interpolation: str = "bilinear"
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # DataLoader settings (per process).
+    num_workers: int = 8
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
+    drop_last: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer and the batch-size rule that turns the per-256 base LR into the applied LR."""
+
+    # decoupled_sgdw | decoupled_adamw (Composer's decoupled-weight-decay optimizers)
+    name: str = "decoupled_sgdw"
+    # Learning rate per 256 images; the applied LR is base_lr * rule(global_batch_size / 256).
+    base_lr: float = 0.1
+    # linear (Goyal et al. 2017) | sqrt (Krizhevsky 2014, Hoffer et al. 2017) | none
+    lr_scaling: str = "linear"
+    momentum: float = 0.9
+    nesterov: bool = False
+    # Decoupled weight decay (Composer scales it by lr / initial_lr, as in Loshchilov & Hutter).
+    weight_decay: float = 5.0e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1.0e-8
+    # Put BatchNorm weights and all biases in a group without weight decay.
+    exclude_bn_and_bias_from_weight_decay: bool = False
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule."""
+
+    # cosine_warmup | linear_warmup | constant_warmup | one_cycle
+    name: str = "cosine_warmup"
+    # Warmup length in Composer time units ("5ep", "500ba", "0.05dur"); 0 for none.
+    t_warmup: str = "1ep"
+    # Final LR as a fraction of the peak LR (warmup schedules).
+    alpha_f: float = 0.0
+    # one_cycle: fraction of the run spent rising, start = peak / div_factor, end = start / final_div_factor.
+    pct_start: float = 0.25
+    div_factor: float = 25.0
+    final_div_factor: float = 1.0e4
+
+
+@dataclass
+class LoggingConfig:
+    """Console, metrics file and Weights & Biases."""
+
+    progress_bar: bool = True
+    # Plain-text metric lines on the console, every `console_log_interval`.
+    log_to_console: bool = False
+    console_log_interval: str = "1ep"
+    # Write a training line to metrics.jsonl every N batches (eval lines are always written).
+    metrics_every_n_batches: int = 10
+    wandb: bool = False
+    wandb_project: str = "mosaic-resnet50"
+    wandb_entity: str | None = None
+    # online | offline | disabled
+    wandb_mode: str = "online"
+
+
+@dataclass
+class RecipeConfig:
+    """A whole training recipe."""
+
+    # One line saying what this recipe is for.
+    description: str = ""
+    # What the recipe is sized for (cpu, 1xT4, 4xT4, ...); informational.
+    hardware: str = "cpu"
+    # Composer's run name; stable names make autoresume find the run again.
+    run_name: str | None = None
+    seed: int = 17
+    # Local folder or s3://bucket/prefix; "{run_name}" is filled in by Composer.
+    save_folder: str = "runs/{run_name}"
+    save_interval: str = "1ep"
+    # Checkpoints kept in save_folder; -1 keeps all.
+    save_num_checkpoints_to_keep: int = 3
+    save_overwrite: bool = False
+    autoresume: bool = False
+    # Composer time string: "90ep", "2000ba", ...
+    max_duration: str = "90ep"
+    eval_interval: str = "1ep"
+    # Images per optimizer step summed over all devices; per-device batch = global / world size.
+    global_batch_size: int = 256
+    # Images per eval step summed over all devices; None uses global_batch_size.
+    eval_batch_size: int | None = None
+    # Gradient accumulation: per-device microbatch size, an int or "auto" (GPU only); None: no accumulation.
+    device_train_microbatch_size: int | str | None = None
+    # fp32 | amp_fp16 | amp_bf16 (CPU runs fall back to fp32 and say so)
+    precision: str = "fp32"
+    # auto | cpu | gpu
+    device: str = "auto"
+    # Wrap the model in torch.compile.
+    compile: bool = False
+    # Composer's deterministic mode (bit-exact reruns; slower).
+    deterministic: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Composer algorithms by name, each mapped to its keyword arguments ({} for defaults, null to switch off).
+    algorithms: dict[str, Any] = field(default_factory=dict)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
