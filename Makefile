@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine:
+#   make train   create .venv if missing, install, train the default (CPU smoke) recipe, evaluate its checkpoint
+#   make test    create .venv if missing, install with test extras, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN_DIR ?= runs/smoke-default
+
+.PHONY: train test install lint bench-smoke clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+# The marker is rebuilt when pyproject.toml changes, so a second `make` does not reinstall.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install
+	$(PY) train.py recipes/smoke.yaml run_name=smoke-default save_folder=$(RUN_DIR) save_overwrite=true
+	$(PY) evaluate.py --checkpoint $(RUN_DIR)/latest-rank0.pt --output $(RUN_DIR)/eval.json
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench-smoke: install
+	$(PY) bench/smoke_recipe.py --output bench/results/smoke_recipe.json
+
+clean:
+	rm -rf runs .pytest_cache

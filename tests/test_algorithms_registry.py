@@ -1,0 +1,196 @@
+"""Every algorithm a recipe can name is Composer's own, and really changes the model or batch when switched on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from composer import Trainer
+from composer.core import Callback, State
+from composer.loggers import Logger
+from omegaconf import OmegaConf
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision import transforms
+from torchvision.datasets import VisionDataset
+
+from algorithms.registry import ALGORITHMS, build_algorithms
+from model import build_model
+from recipes.errors import UsageError
+from recipes.schema import ModelConfig
+
+NUM_CLASSES = 4
+
+
+class Probe(Callback):
+    """Records what the batch and model look like at the events the algorithms act on."""
+
+    def __init__(self) -> None:
+        self.input_shapes: list[tuple[int, ...]] = []
+        self.loss_targets: list[torch.Tensor] = []
+        self.eval_targets: list[torch.Tensor] = []
+        self.grad_norms: list[float] = []
+        self.weights_before_eval: list[torch.Tensor] = []
+        self.weights_in_eval: list[torch.Tensor] = []
+
+    def before_forward(self, state: State, logger: Logger) -> None:
+        self.input_shapes.append(tuple(state.batch[0].shape))
+
+    def before_loss(self, state: State, logger: Logger) -> None:
+        self.loss_targets.append(state.batch[1].detach().clone())
+
+    def after_train_batch(self, state: State, logger: Logger) -> None:
+        grads = [p.grad.norm() for p in state.model.parameters() if p.grad is not None]
+        self.grad_norms.append(float(torch.linalg.vector_norm(torch.stack(grads))))
+
+    def eval_start(self, state: State, logger: Logger) -> None:
+        self.weights_in_eval.append(state.model.module.fc.weight.detach().clone())
+
+    def eval_before_forward(self, state: State, logger: Logger) -> None:
+        self.eval_targets.append(state.batch[1].detach().clone())
+
+
+class PilImages(VisionDataset):
+    """A few random PIL images, so Composer's image-space RandAugment can be applied."""
+
+    def __init__(self, count: int = 8, size: int = 32) -> None:
+        super().__init__(root="", transform=transforms.Compose([transforms.ToTensor()]))
+        rng = np.random.default_rng(0)
+        self.images = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.transform(self.images[index]), index % NUM_CLASSES
+
+
+def tensor_loader(count: int = 8, size: int = 32) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(count, 3, size, size, generator=generator)
+    labels = torch.arange(count) % NUM_CLASSES
+    return DataLoader(TensorDataset(images, labels), batch_size=4)
+
+
+def train_briefly(algorithms: dict[str, Any], loader: DataLoader | None = None, duration: str = "2ba"):
+    """Two batches of ResNet-50 at 32 px with the given recipe algorithms, then an eval."""
+    probe = Probe()
+    model = build_model(OmegaConf.structured(ModelConfig), NUM_CLASSES)
+    trainer = Trainer(
+        model=model,
+        train_dataloader=loader or tensor_loader(),
+        eval_dataloader=tensor_loader(4),
+        max_duration=duration,
+        algorithms=build_algorithms(OmegaConf.create(algorithms)),
+        callbacks=[probe],
+        device="cpu",
+        progress_bar=False,
+        seed=0,
+    )
+    trainer.fit()
+    return trainer, probe
+
+
+def test_registry_holds_composer_classes() -> None:
+    assert set(ALGORITHMS) == {
+        "blurpool", "channels_last", "ema", "swa", "mixup", "cutmix", "randaugment", "label_smoothing",
+        "stochastic_depth", "progressive_resizing", "sam", "colout", "gradient_clipping",
+    }  # fmt: skip
+    assert all(cls.__module__.startswith("composer.algorithms") for cls in ALGORITHMS.values())
+
+
+def test_null_switches_an_algorithm_off() -> None:
+    assert build_algorithms(OmegaConf.create({"blurpool": None, "mixup": {"alpha": 0.3}}))[0].alpha == 0.3
+
+
+def test_missing_required_argument_is_named() -> None:
+    with pytest.raises(UsageError, match=r"gradient_clipping.*clipping_threshold, clipping_type"):
+        build_algorithms(OmegaConf.create({"gradient_clipping": {}}))
+
+
+def test_blurpool_replaces_convs_and_maxpool() -> None:
+    from composer.algorithms.blurpool import BlurConv2d, BlurMaxPool2d
+
+    trainer, _ = train_briefly({"blurpool": {}})
+    kinds = {type(m) for m in trainer.state.model.modules()}
+    assert BlurConv2d in kinds and BlurMaxPool2d in kinds
+
+
+def test_channels_last_changes_memory_format() -> None:
+    trainer, _ = train_briefly({"channels_last": {}})
+    weight = trainer.state.model.module.conv1.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_ema_evaluates_averaged_weights() -> None:
+    trainer, probe = train_briefly({"ema": {"half_life": "10ba"}}, duration="3ba")
+    ema = trainer.state.algorithms[0]
+    assert ema.ema_started
+    training_weights = trainer.state.model.module.fc.weight
+    assert not torch.allclose(probe.weights_in_eval[-1], training_weights)
+
+
+def test_swa_replaces_model_with_average() -> None:
+    trainer, _ = train_briefly({"swa": {"swa_start": "0.25dur", "swa_end": "0.75dur", "update_interval": "1ba"}},
+                               duration="4ba")
+    swa = trainer.state.algorithms[0]
+    assert swa.swa_started and swa.swa_completed
+    averaged = swa.swa_model.module.state_dict()["module.fc.weight"]
+    assert torch.allclose(averaged, trainer.state.model.module.fc.weight.detach(), atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+def test_mixing_with_label_smoothing_keeps_targets_summing_to_one_and_evaluates_hard(name: str) -> None:
+    _, probe = train_briefly({name: {"alpha": 1.0}, "label_smoothing": {"smoothing": 0.1}})
+    for targets in probe.loss_targets:
+        assert targets.shape == (4, NUM_CLASSES) and targets.dtype.is_floating_point
+        torch.testing.assert_close(targets.sum(dim=1), torch.ones(4))
+        assert targets.min() >= 0.1 / NUM_CLASSES - 1e-6
+    assert probe.eval_targets and all(t.dtype == torch.int64 and t.ndim == 1 for t in probe.eval_targets)
+
+
+def test_label_smoothing_softens_targets() -> None:
+    _, probe = train_briefly({"label_smoothing": {"smoothing": 0.2}})
+    assert probe.loss_targets[0].max() == pytest.approx(0.8 + 0.2 / NUM_CLASSES)
+
+
+def test_randaugment_inserts_into_dataset_transform() -> None:
+    from composer.algorithms.randaugment import RandAugmentTransform
+
+    dataset = PilImages()
+    train_briefly({"randaugment": {"severity": 9, "depth": 2}}, loader=DataLoader(dataset, batch_size=4))
+    kinds = [type(t) for t in dataset.transform.transforms]
+    assert kinds.index(RandAugmentTransform) < kinds.index(transforms.ToTensor)
+
+
+def test_stochastic_depth_targets_torchvision_bottlenecks() -> None:
+    trainer, _ = train_briefly({"stochastic_depth": {"drop_rate": 0.5, "stochastic_method": "sample"}})
+    blocks = [m for m in trainer.state.model.modules() if type(m).__name__ == "Bottleneck"]
+    assert blocks and all(hasattr(b, "drop_rate") for b in blocks)
+    assert max(b.drop_rate for b in blocks) == pytest.approx(0.5)
+
+
+def test_progressive_resizing_shrinks_early_batches() -> None:
+    _, probe = train_briefly(
+        {"progressive_resizing": {"initial_scale": 0.5, "delay_fraction": 0.0, "finetune_fraction": 0.0}}
+    )
+    assert probe.input_shapes[0][-1] == 16
+
+
+def test_sam_wraps_optimizer() -> None:
+    from composer.algorithms.sam import SAMOptimizer
+
+    trainer, _ = train_briefly({"sam": {"rho": 0.05, "interval": 1}})
+    assert isinstance(trainer.state.optimizers[0], SAMOptimizer)
+
+
+def test_colout_drops_rows_and_columns() -> None:
+    _, probe = train_briefly({"colout": {"p_row": 0.25, "p_col": 0.25, "resize_target": False}})
+    assert probe.input_shapes[0][-2:] == (24, 24)
+
+
+def test_gradient_clipping_bounds_gradient_norm() -> None:
+    _, probe = train_briefly({"gradient_clipping": {"clipping_type": "norm", "clipping_threshold": 0.01}})
+    assert max(probe.grad_norms) <= 0.01 + 1e-4

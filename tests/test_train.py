@@ -1,0 +1,84 @@
+"""train.py end to end: the smoke recipe learns, every phase recipe runs, outputs are what the README promises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import train
+from recipes.loading import available_recipes
+
+SMOKE_ACCURACY_BAR = 0.90
+
+
+def tiny_synthetic_overrides(folder: Path) -> list[str]:
+    """Shrink any recipe to a few batches of synthetic 32 px images, keeping its algorithms and settings."""
+    return [
+        "data.source=synthetic", "data.num_classes=10", "data.synthetic_train_samples=16",
+        "data.synthetic_val_samples=8", "data.train_resolution=32", "data.eval_resolution=32",
+        "data.num_workers=0", "global_batch_size=8", "eval_batch_size=8", "max_duration=2ba",
+        "eval_interval=2ba", "save_interval=2ba", f"save_folder={folder}", "logging.progress_bar=false",
+    ]  # fmt: skip
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_smoke_recipe_learns_on_digits(smoke_run: dict[str, Any]) -> None:
+    summary = smoke_run["summary"]
+    assert summary["val/acc1"] >= SMOKE_ACCURACY_BAR, summary
+    assert summary["val/acc5"] >= summary["val/acc1"]
+    assert summary["num_classes"] == 10 and summary["train_images"] + summary["val_images"] == 1797
+
+
+def test_smoke_run_writes_promised_outputs(smoke_run: dict[str, Any]) -> None:
+    folder: Path = smoke_run["folder"]
+    assert (folder / "latest-rank0.pt").exists()
+    assert "source: digits" in (folder / "recipe.yaml").read_text()
+    summary = smoke_run["summary"]
+    for key in ["val/acc1", "val/acc5", "val/loss", "train/loss", "wall_time_s", "throughput/samples_per_sec"]:
+        assert isinstance(summary[key], float), key
+    assert summary["weights_evaluated"] == "raw"
+    lines = read_jsonl(folder / "metrics.jsonl")
+    train_lines = [line for line in lines if line["phase"] == "train"]
+    eval_lines = [line for line in lines if line["phase"] == "eval"]
+    assert {"train/loss", "train/acc1", "lr", "throughput/samples_per_sec"} <= set().union(*train_lines)
+    assert len(eval_lines) >= 10 and {"val/acc1", "val/acc5", "val/loss"} <= set(eval_lines[-1])
+    assert eval_lines[-1]["val/acc1"] == pytest.approx(summary["val/acc1"])
+    assert train_lines[-1]["train/loss"] < train_lines[0]["train/loss"]
+
+
+@pytest.mark.parametrize("recipe", available_recipes())
+def test_every_recipe_runs_two_batches(recipe: str, tmp_path: Path) -> None:
+    assert train.main([recipe, *tiny_synthetic_overrides(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["device"] == "cpu" and summary["precision"] == "fp32"
+    assert (tmp_path / "latest-rank0.pt").exists()
+
+
+def test_gpu_precision_falls_back_on_cpu_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = [*tiny_synthetic_overrides(tmp_path), "precision=amp_fp16", "device_train_microbatch_size=auto"]
+    assert train.main(["smoke", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "precision=amp_fp16 needs a GPU" in out and "microbatch" in out
+
+
+def test_microbatching_accumulates_gradients(tmp_path: Path) -> None:
+    assert train.main(["smoke", *tiny_synthetic_overrides(tmp_path), "device_train_microbatch_size=4"]) == 0
+
+
+def test_wandb_offline_writes_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = [*tiny_synthetic_overrides(tmp_path), "logging.wandb=true", "logging.wandb_mode=offline"]
+    assert train.main(["smoke", *overrides]) == 0
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs and any(runs[0].rglob("*.wandb"))
+
+
+def test_indivisible_microbatch_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train.main(["smoke", *tiny_synthetic_overrides(tmp_path), "device_train_microbatch_size=3"]) == 2
+    assert "does not divide" in capsys.readouterr().err

@@ -1,0 +1,142 @@
+"""Train ResNet-50 with a phase recipe.
+
+    python train.py [RECIPE] [key=value ...] [--print-config]
+
+RECIPE is a YAML file or a name in recipes/ (default: recipes/smoke.yaml); overrides use omegaconf dotlist syntax,
+e.g. ``optimizer.base_lr=0.05 data.path=/data/imagenet``. This file only wires the builders together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from composer import Trainer
+from composer.utils import dist, reproducibility
+from omegaconf import DictConfig, OmegaConf
+
+from algorithms.optimization import build_optimizer, build_scheduler
+from algorithms.registry import build_algorithms
+from algorithms.run_logging import build_callbacks, build_loggers
+from algorithms.run_summary import build_summary, format_summary, write_summary
+from data import build_data
+from model import build_model
+from recipes.errors import UsageError
+from recipes.loading import load_recipe, recipe_to_yaml, resolve_recipe_path
+from recipes.runtime import agree_on_run_name, resolve_runtime, start_distributed
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command line: an optional recipe, then key=value overrides."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", nargs="?", help="recipe YAML path or name in recipes/ (default: smoke)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optimizer.base_lr=0.05")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    args = parser.parse_args(argv)
+    if args.recipe and "=" in args.recipe:
+        args.overrides.insert(0, args.recipe)
+        args.recipe = None
+    return args
+
+
+def say(message: str) -> None:
+    """Print once, from global rank 0."""
+    if dist.get_global_rank() == 0:
+        print(message, flush=True)
+
+
+def run(config: DictConfig, recipe_path: Path) -> dict:
+    """Build everything the recipe names, train, evaluate, and write the run outputs."""
+    started = time.perf_counter()
+    runtime = resolve_runtime(config)
+    start_distributed(runtime.device)
+    reproducibility.seed_all(config.seed)
+    run_name = agree_on_run_name(config.run_name, recipe_path.stem)
+    config.run_name = run_name
+    save_folder = config.save_folder.replace("{run_name}", run_name)
+    output_folder = Path("runs") / run_name if save_folder.startswith("s3://") else Path(save_folder)
+    for note in runtime.notes:
+        say(f"note: {note}")
+
+    data = build_data(config)
+    model = build_model(config.model, data.num_classes)
+    optimizer, lr_plan = build_optimizer(model, config.optimizer, config.global_batch_size)
+    scheduler = build_scheduler(config.scheduler, optimizer, config.max_duration, len(data.train.dataloader))
+    algorithms = build_algorithms(config.algorithms)
+    recipe = OmegaConf.to_container(config, resolve=True)
+    loggers, metrics_file = build_loggers(config.logging, output_folder, run_name, recipe)
+    say(f"run {run_name}: {data.train_size} training / {data.val_size} validation images, "
+        f"{data.num_classes} classes, {runtime.world_size} process(es) x batch {runtime.per_device_batch_size}")
+    say(lr_plan.describe())
+    if dist.get_global_rank() == 0:
+        output_folder.mkdir(parents=True, exist_ok=True)
+        (output_folder / "recipe.yaml").write_text(recipe_to_yaml(config), encoding="utf-8")
+
+    trainer = Trainer(
+        model=model,
+        train_dataloader=data.train,
+        eval_dataloader=data.val,
+        max_duration=config.max_duration,
+        eval_interval=config.eval_interval,
+        optimizers=optimizer,
+        schedulers=scheduler,
+        step_schedulers_every_batch=True,
+        algorithms=algorithms,
+        loggers=loggers,
+        callbacks=build_callbacks(runtime.device),
+        run_name=run_name,
+        progress_bar=config.logging.progress_bar,
+        log_to_console=config.logging.log_to_console,
+        console_log_interval=config.logging.console_log_interval,
+        save_folder=save_folder,
+        save_interval=config.save_interval,
+        save_num_checkpoints_to_keep=config.save_num_checkpoints_to_keep,
+        save_overwrite=config.save_overwrite,
+        autoresume=config.autoresume,
+        device=runtime.device,
+        precision=runtime.precision,
+        device_train_microbatch_size=runtime.device_train_microbatch_size,
+        compile_config=runtime.compile_config,
+        seed=config.seed,
+        deterministic_mode=config.deterministic,
+    )
+    trainer.fit()
+    trainer.eval()
+    summary = build_summary(
+        trainer,
+        metrics_file,
+        run_name=run_name,
+        recipe_path=str(recipe_path),
+        lr_plan=lr_plan,
+        algorithms=config.algorithms,
+        wall_time_s=time.perf_counter() - started,
+        extra={"num_classes": data.num_classes, "train_images": data.train_size, "val_images": data.val_size,
+               "save_folder": save_folder, "device": runtime.device, "precision": runtime.precision,
+               "world_size": runtime.world_size},
+    )
+    trainer.close()
+    write_summary(output_folder, summary)
+    say(format_summary(summary))
+    say(f"outputs in {output_folder}/ (checkpoints, recipe.yaml, metrics.jsonl, summary.json)")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit status 0 on success, 2 on a usage error (with the message, not a traceback)."""
+    args = parse_args(argv)
+    try:
+        config = load_recipe(args.recipe, args.overrides)
+        if args.print_config:
+            print(recipe_to_yaml(config), end="")
+            return 0
+        run(config, resolve_recipe_path(args.recipe))
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
