@@ -18,18 +18,21 @@ from typing import Any
 from composer import Evaluator, Trainer
 from composer.utils import dist
 
+from algorithms.run_logging import VALIDATION_LABEL
 from data import build_data
 from model import build_model_for_checkpoint, extract_model_states, read_checkpoint
 from recipes.errors import UsageError
 from recipes.loading import load_recipe
-from recipes.runtime import resolve_runtime, start_distributed
+from recipes.runtime import resolve_runtime, silence_expected_warnings, start_distributed
 
 SAVED_RECIPE = "recipe.yaml"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line: the checkpoint, an optional recipe, key=value overrides and an output file."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True, help="Composer checkpoint or plain state dict (.pt)")
     parser.add_argument("--recipe", help=f"recipe it was trained with (default: {SAVED_RECIPE} beside it)")
     parser.add_argument("--output", help="write the results as JSON to this file")
@@ -53,14 +56,15 @@ def evaluate_weights(model: Any, dataloader: Any, device: str, precision: str) -
     """Composer's own eval loop and metrics, as train.py uses them, so the numbers match exactly."""
     trainer = Trainer(
         model=model,
-        eval_dataloader=Evaluator(label="val", dataloader=dataloader),
+        eval_dataloader=Evaluator(label=VALIDATION_LABEL, dataloader=dataloader),
         device=device,
         precision=precision,
         progress_bar=False,
         loggers=[],
     )
     trainer.eval()
-    results = {f"val/{name}": float(metric.compute()) for name, metric in trainer.state.eval_metrics["val"].items()}
+    metrics = trainer.state.eval_metrics[VALIDATION_LABEL]
+    results = {f"{VALIDATION_LABEL}/{name}": float(metric.compute()) for name, metric in metrics.items()}
     trainer.close()
     return results
 
@@ -80,7 +84,9 @@ def run(checkpoint: Path, recipe: str | None, overrides: list[str]) -> dict[str,
     weight_sets = ["ema", "raw"] if "ema" in states else ["model"]
     by_weights = {}
     for name in weight_sets:
-        model = build_model_for_checkpoint(config, data.num_classes, states[name], source=f"checkpoint {checkpoint}")
+        model = build_model_for_checkpoint(
+            config, data.num_classes, states[name], source=f"checkpoint {checkpoint}"
+        )
         by_weights[name] = evaluate_weights(model, data.val, runtime.device, runtime.precision)
     headline = weight_sets[0]
     return {
@@ -97,6 +103,7 @@ def run(checkpoint: Path, recipe: str | None, overrides: list[str]) -> dict[str,
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit status 0 on success, 2 on a usage error (with the message, not a traceback)."""
     args = parse_args(argv)
+    silence_expected_warnings()
     try:
         results = run(Path(args.checkpoint), args.recipe, args.overrides)
     except UsageError as error:

@@ -13,24 +13,26 @@ import sys
 import time
 from pathlib import Path
 
-from composer import Trainer
+from composer import Evaluator, Trainer
 from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
 from algorithms.optimization import build_optimizer, build_scheduler
 from algorithms.registry import build_algorithms
-from algorithms.run_logging import build_callbacks, build_loggers
+from algorithms.run_logging import VALIDATION_LABEL, build_callbacks, build_loggers
 from algorithms.run_summary import build_summary, format_summary, write_summary
 from data import build_data
 from model import build_model
 from recipes.errors import UsageError
 from recipes.loading import load_recipe, recipe_to_yaml, resolve_recipe_path
-from recipes.runtime import agree_on_run_name, resolve_runtime, start_distributed
+from recipes.runtime import agree_on_run_name, resolve_runtime, silence_expected_warnings, start_distributed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line: an optional recipe, then key=value overrides."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("recipe", nargs="?", help="recipe YAML path or name in recipes/ (default: smoke)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optimizer.base_lr=0.05")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
@@ -66,9 +68,13 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
     scheduler = build_scheduler(config.scheduler, optimizer, config.max_duration, len(data.train.dataloader))
     algorithms = build_algorithms(config.algorithms)
     recipe = OmegaConf.to_container(config, resolve=True)
-    loggers, metrics_file = build_loggers(config.logging, output_folder, run_name, recipe)
-    say(f"run {run_name}: {data.train_size} training / {data.val_size} validation images, "
-        f"{data.num_classes} classes, {runtime.world_size} process(es) x batch {runtime.per_device_batch_size}")
+    loggers, metrics_file = build_loggers(
+        config.logging, output_folder, run_name, recipe, resume=config.autoresume
+    )
+    say(
+        f"run {run_name}: {data.train_size} training / {data.val_size} validation images, "
+        f"{data.num_classes} classes, {runtime.world_size} process(es) x batch {runtime.per_device_batch_size}"
+    )
     say(lr_plan.describe())
     if dist.get_global_rank() == 0:
         output_folder.mkdir(parents=True, exist_ok=True)
@@ -77,7 +83,7 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
     trainer = Trainer(
         model=model,
         train_dataloader=data.train,
-        eval_dataloader=data.val,
+        eval_dataloader=Evaluator(label=VALIDATION_LABEL, dataloader=data.val),
         max_duration=config.max_duration,
         eval_interval=config.eval_interval,
         optimizers=optimizer,
@@ -112,9 +118,15 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
         lr_plan=lr_plan,
         algorithms=config.algorithms,
         wall_time_s=time.perf_counter() - started,
-        extra={"num_classes": data.num_classes, "train_images": data.train_size, "val_images": data.val_size,
-               "save_folder": save_folder, "device": runtime.device, "precision": runtime.precision,
-               "world_size": runtime.world_size},
+        extra={
+            "num_classes": data.num_classes,
+            "train_images": data.train_size,
+            "val_images": data.val_size,
+            "save_folder": save_folder,
+            "device": runtime.device,
+            "precision": runtime.precision,
+            "world_size": runtime.world_size,
+        },
     )
     trainer.close()
     write_summary(output_folder, summary)
@@ -126,6 +138,7 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit status 0 on success, 2 on a usage error (with the message, not a traceback)."""
     args = parse_args(argv)
+    silence_expected_warnings()
     try:
         config = load_recipe(args.recipe, args.overrides)
         if args.print_config:

@@ -64,7 +64,9 @@ def enabled_algorithms(algorithms: Mapping[str, Any] | DictConfig) -> dict[str, 
             continue
         if arguments is True:
             arguments = {}
-        enabled[name] = {**RESNET_DEFAULTS.get(name, {}), **arguments} if isinstance(arguments, dict) else arguments
+        enabled[name] = (
+            {**RESNET_DEFAULTS.get(name, {}), **arguments} if isinstance(arguments, dict) else arguments
+        )
     return enabled
 
 
@@ -115,7 +117,9 @@ def _check_swa_units(name: str, arguments: dict[str, Any]) -> None:
     for key in ("swa_start", "swa_end"):
         value = str(arguments.get(key, "0.7dur" if key == "swa_start" else "0.97dur"))
         if not (value.endswith("dur") or value.endswith("ep")):
-            raise UsageError(f"'algorithms.swa.{key}' is '{value}'; Composer's SWA needs 'dur' or 'ep' units.")
+            raise UsageError(
+                f"'algorithms.swa.{key}' is '{value}'; Composer's SWA needs 'dur' or 'ep' units."
+            )
 
 
 def build_algorithms(algorithms: Mapping[str, Any] | DictConfig) -> list[Algorithm]:

@@ -19,8 +19,9 @@ from composer.utils import dist
 from omegaconf import DictConfig
 
 VALIDATION_LABEL = "val"
-# Composer's own names for what StableMetricNames re-logs; the metrics file leaves them out to stay readable.
-COMPOSER_DUPLICATE_PREFIXES = ("metrics/", "loss/", "lr-")
+# Composer's own names for what StableMetricNames re-logs, and its clock counters (each line carries step and
+# epoch already): the metrics file leaves them out to stay readable.
+COMPOSER_DUPLICATE_PREFIXES = ("metrics/", "loss/", "lr-", "time/", "trainer/")
 
 
 def _as_float(value: Any) -> float:
@@ -58,7 +59,9 @@ class MetricsFile(LoggerDestination):
     logged for its step whatever order the callbacks ran in. Only global rank 0 writes.
     """
 
-    def __init__(self, folder: str | Path, every_n_batches: int = 10, filename: str = "metrics.jsonl") -> None:
+    def __init__(
+        self, folder: str | Path, every_n_batches: int = 10, filename: str = "metrics.jsonl"
+    ) -> None:
         self.path = Path(folder) / filename
         self.every_n_batches = max(1, every_n_batches)
         self.step: int | None = None
@@ -71,7 +74,7 @@ class MetricsFile(LoggerDestination):
         self._state = state
         if dist.get_global_rank() == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
+            self._file = self.path.open(self.mode, encoding="utf-8")
 
     def _line(self, phase: str, step: int, values: dict[str, Any]) -> None:
         if self._file is None or not values:
@@ -121,10 +124,10 @@ class MetricsFile(LoggerDestination):
 
 
 def build_loggers(
-    logging_cfg: DictConfig, folder: str | Path, run_name: str, recipe: dict[str, Any]
+    logging_cfg: DictConfig, folder: str | Path, run_name: str, recipe: dict[str, Any], resume: bool = False
 ) -> tuple[list[LoggerDestination], MetricsFile]:
     """The metrics file always, and Composer's wandb logger when the recipe asks for it."""
-    metrics_file = MetricsFile(folder, every_n_batches=logging_cfg.metrics_every_n_batches)
+    metrics_file = MetricsFile(folder, every_n_batches=logging_cfg.metrics_every_n_batches, append=resume)
     destinations: list[LoggerDestination] = [metrics_file]
     if logging_cfg.wandb:
         from composer.loggers import WandBLogger

@@ -36,7 +36,8 @@ def build_summary(
 ) -> dict[str, Any]:
     """Everything a person needs to compare runs, from the trainer's final state and the logged metrics."""
     timestamp = trainer.state.timestamp
-    train_seconds = metrics_file.latest.get("wall_clock/train", 0.0)
+    # Composer's training clock excludes time spent in evaluation.
+    train_seconds = timestamp.total_wct.total_seconds()
     samples = int(timestamp.sample)
     summary: dict[str, Any] = {
         "run_name": run_name,
@@ -56,7 +57,9 @@ def build_summary(
         "lr_rule": lr_plan.describe(),
         **extra,
     }
-    return {k: (v if not (isinstance(v, float) and not math.isfinite(v)) else str(v)) for k, v in summary.items()}
+    return {
+        k: (v if not (isinstance(v, float) and not math.isfinite(v)) else str(v)) for k, v in summary.items()
+    }
 
 
 def write_summary(folder: str | Path, summary: dict[str, Any]) -> Path:
@@ -72,6 +75,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     keys = ["val/acc1", "val/acc5", "val/loss", "train/loss", "weights_evaluated", "epochs", "wall_time_s"]
     keys += ["throughput/samples_per_sec"]
     width = max(len(k) for k in keys)
-    lines = [f"  {k:<{width}}  {summary[k]:.4f}" if isinstance(summary.get(k), float) else
-             f"  {k:<{width}}  {summary.get(k)}" for k in keys if k in summary]
+    lines = [
+        f"  {k:<{width}}  {summary[k]:.4f}"
+        if isinstance(summary.get(k), float)
+        else f"  {k:<{width}}  {summary.get(k)}"
+        for k in keys
+        if k in summary
+    ]
     return "Run summary\n" + "\n".join(lines)

@@ -32,7 +32,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.interpolation": ("bilinear", "bicubic", "nearest"),
     "logging.wandb_mode": ("online", "offline", "disabled"),
 }
-TIME_KEYS = ("max_duration", "save_interval", "eval_interval", "scheduler.t_warmup", "logging.console_log_interval")
+TIME_KEYS = (
+    "max_duration",
+    "save_interval",
+    "eval_interval",
+    "scheduler.t_warmup",
+    "logging.console_log_interval",
+)
 
 
 def resolve_recipe_path(name: str | Path | None) -> Path:
@@ -56,7 +62,9 @@ def available_recipes() -> list[str]:
 def _load_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     """Read one recipe file with its bases merged underneath it (bases first, later ones win)."""
     if path in chain:
-        raise UsageError(f"Recipe {path} builds on itself through '{BASE_KEY}': {' -> '.join(map(str, chain))}.")
+        raise UsageError(
+            f"Recipe {path} builds on itself through '{BASE_KEY}': {' -> '.join(map(str, chain))}."
+        )
     try:
         raw = OmegaConf.load(path)
     except FileNotFoundError as error:

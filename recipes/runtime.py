@@ -35,7 +35,9 @@ def resolve_runtime(config: DictConfig, *, cuda_available: bool | None = None) -
     cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
     notes: list[str] = []
     if config.device == "gpu" and not cuda:
-        raise UsageError("The recipe sets device=gpu but no CUDA GPU is visible; set device=auto or device=cpu.")
+        raise UsageError(
+            "The recipe sets device=gpu but no CUDA GPU is visible; set device=auto or device=cpu."
+        )
     device = "gpu" if config.device == "gpu" or (config.device == "auto" and cuda) else "cpu"
 
     precision = config.precision
@@ -45,7 +47,9 @@ def resolve_runtime(config: DictConfig, *, cuda_available: bool | None = None) -
 
     microbatch = config.device_train_microbatch_size
     if microbatch == "auto" and device == "cpu":
-        notes.append("device_train_microbatch_size=auto needs a GPU; training without microbatches on the CPU.")
+        notes.append(
+            "device_train_microbatch_size=auto needs a GPU; training without microbatches on the CPU."
+        )
         microbatch = None
 
     world_size = dist.get_world_size()
@@ -82,3 +86,15 @@ def agree_on_run_name(configured: str | None, recipe_name: str) -> str:
         dist.broadcast_object_list(names, src=0)
         name = names[0]
     return name
+
+
+def silence_expected_warnings() -> None:
+    """Hide Composer warnings that are expected in this project and would only alarm people.
+
+    A short last eval batch cannot be split into microbatches (harmless), and evaluate.py builds a Trainer
+    without an optimizer on purpose.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Cannot split tensor of length")
+    warnings.filterwarnings("ignore", message="No optimizer was specified")

@@ -31,7 +31,9 @@ def test_default_recipe_is_smoke_on_bundled_digits() -> None:
 
 
 def test_override_changes_nested_value_with_its_type() -> None:
-    config = load_recipe("smoke", ["optimizer.base_lr=0.05", "data.path=/data/imagenet", "data.num_workers=3"])
+    config = load_recipe(
+        "smoke", ["optimizer.base_lr=0.05", "data.path=/data/imagenet", "data.num_workers=3"]
+    )
     assert config.optimizer.base_lr == pytest.approx(0.05)
     assert config.data.path == "/data/imagenet"
     assert config.data.num_workers == 3

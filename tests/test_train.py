@@ -40,7 +40,14 @@ def test_smoke_run_writes_promised_outputs(smoke_run: dict[str, Any]) -> None:
     assert (folder / "latest-rank0.pt").exists()
     assert "source: digits" in (folder / "recipe.yaml").read_text()
     summary = smoke_run["summary"]
-    for key in ["val/acc1", "val/acc5", "val/loss", "train/loss", "wall_time_s", "throughput/samples_per_sec"]:
+    for key in [
+        "val/acc1",
+        "val/acc5",
+        "val/loss",
+        "train/loss",
+        "wall_time_s",
+        "throughput/samples_per_sec",
+    ]:
         assert isinstance(summary[key], float), key
     assert summary["weights_evaluated"] == "raw"
     lines = read_jsonl(folder / "metrics.jsonl")
@@ -60,8 +67,14 @@ def test_every_recipe_runs_two_batches(recipe: str, tmp_path: Path) -> None:
     assert (tmp_path / "latest-rank0.pt").exists()
 
 
-def test_gpu_precision_falls_back_on_cpu_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    overrides = [*tiny_synthetic_overrides(tmp_path), "precision=amp_fp16", "device_train_microbatch_size=auto"]
+def test_gpu_precision_falls_back_on_cpu_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    overrides = [
+        *tiny_synthetic_overrides(tmp_path),
+        "precision=amp_fp16",
+        "device_train_microbatch_size=auto",
+    ]
     assert train.main(["smoke", *overrides]) == 0
     out = capsys.readouterr().out
     assert "precision=amp_fp16 needs a GPU" in out and "microbatch" in out

@@ -1,0 +1,135 @@
+"""From a recipe to DataLoaders: pick the source by name, take the subset, add transforms, shard over processes.
+
+``build_data`` is the one entry point train.py and evaluate.py call. Sources are looked up in ``SOURCES``
+(name to a ``build_catalog(data, *, seed, train)`` function), so adding one is a module plus a line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from composer.core import DataSpec
+from composer.utils import dist
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from data import digits, hf, ilsvrc, imagefolder, synthetic
+from data.samples import Catalog
+from data.subsets import subset_catalog
+from data.transforms import eval_transform, train_transform
+from recipes.errors import UsageError
+from recipes.loading import suggest
+
+SOURCES: dict[str, Callable[..., Catalog]] = {
+    "digits": digits.build_catalog,
+    "imagefolder": imagefolder.build_catalog,
+    "ilsvrc": ilsvrc.build_catalog,
+    "hf": hf.build_catalog,
+    "synthetic": synthetic.build_catalog,
+}
+
+
+@dataclass
+class DataBundle:
+    """Everything the trainer and evaluator need from the data."""
+
+    # Composer DataSpec wrapping the train DataLoader (None when built eval-only).
+    train: DataSpec | None
+    val: DataLoader
+    num_classes: int
+    class_names: list[str]
+    # Images in the (subsetted) training set, over all processes; 0 when built eval-only.
+    train_size: int
+    val_size: int
+
+
+def build_data(cfg: Any, *, train: bool = True) -> DataBundle:
+    """Build the recipe's data (``cfg`` is the whole recipe: it reads ``data``, ``seed`` and the batch sizes)."""
+    data = cfg.data
+    builder = SOURCES.get(data.source)
+    if builder is None:
+        raise UsageError(
+            f"data.source={data.source} is not one of: {', '.join(SOURCES)}.{suggest(data.source, list(SOURCES))}"
+        )
+    world_size = dist.get_world_size()
+    train_batch = per_device_batch_size("global_batch_size", cfg.global_batch_size, world_size)
+    eval_total = cfg.global_batch_size if cfg.eval_batch_size is None else cfg.eval_batch_size
+    eval_batch = per_device_batch_size("eval_batch_size", eval_total, world_size)
+    _check_loader_settings(data)
+
+    catalog = subset_catalog(builder(data, seed=cfg.seed, train=train), data, cfg.seed)
+    val_dataset = catalog.val.to_dataset(catalog.classes, eval_transform(data))
+    val_loader = make_loader(val_dataset, eval_batch, data, seed=cfg.seed, shuffle=False, drop_last=False)
+    train_spec, train_size = None, 0
+    if catalog.train is not None:
+        train_dataset = catalog.train.to_dataset(catalog.classes, train_transform(data))
+        train_size = _total_size(train_dataset, world_size)
+        loader = make_loader(
+            train_dataset, train_batch, data, seed=cfg.seed, shuffle=True, drop_last=data.drop_last
+        )
+        if len(loader) == 0:
+            raise UsageError(
+                f"The training set has {train_size} images, fewer than one batch of global_batch_size="
+                f"{cfg.global_batch_size}, and data.drop_last=true would drop them all. Lower global_batch_size, "
+                "use more images (data.subset_size) or set data.drop_last=false."
+            )
+        train_spec = DataSpec(loader)
+    return DataBundle(
+        train=train_spec,
+        val=val_loader,
+        num_classes=len(catalog.classes),
+        class_names=list(catalog.classes),
+        train_size=train_size,
+        val_size=_total_size(val_dataset, world_size),
+    )
+
+
+def per_device_batch_size(key: str, total: int, world_size: int) -> int:
+    """``total`` split evenly over the processes, or an error naming both numbers."""
+    if total < 1:
+        raise UsageError(f"{key}={total} must be a positive number of images.")
+    if total % world_size:
+        raise UsageError(
+            f"{key}={total} does not divide over {world_size} processes; use a multiple of {world_size} "
+            f"such as {max(world_size, total // world_size * world_size)}."
+        )
+    return total // world_size
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, data: Any, *, seed: int, shuffle: bool, drop_last: bool
+) -> DataLoader:
+    """A DataLoader reading this process's share (Composer's DistributedSampler), seeded for reproducible runs."""
+    streamed = isinstance(dataset, IterableDataset)
+    workers = data.num_workers
+    sampler = None if streamed else dist.get_sampler(dataset, shuffle=shuffle, drop_last=drop_last, seed=seed)
+    # Worker RNGs (torch, random, numpy: the augmentations) derive from this generator; per rank, so processes
+    # augment differently.
+    generator = torch.Generator().manual_seed(seed + dist.get_global_rank())
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=data.pin_memory and torch.cuda.is_available(),
+        drop_last=drop_last,
+        # A streamed training set counts epochs inside the workers to reshuffle, so they must persist.
+        persistent_workers=workers > 0 and (data.persistent_workers or (streamed and shuffle)),
+        prefetch_factor=data.prefetch_factor if workers > 0 else None,
+        generator=generator,
+    )
+
+
+def _check_loader_settings(data: Any) -> None:
+    """DataLoader settings that torch would reject with a less helpful message."""
+    if data.num_workers < 0:
+        raise UsageError(f"data.num_workers={data.num_workers} must be 0 (load in the main process) or more.")
+    if data.num_workers > 0 and data.prefetch_factor < 1:
+        raise UsageError(f"data.prefetch_factor={data.prefetch_factor} must be at least 1.")
+
+
+def _total_size(dataset: Dataset, world_size: int) -> int:
+    """Images over all processes: a streamed dataset's length is this process's share."""
+    return len(dataset) * world_size if isinstance(dataset, IterableDataset) else len(dataset)

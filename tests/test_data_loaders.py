@@ -1,0 +1,143 @@
+"""Loader wiring: the source registry, batch sizes over processes, DataLoader settings, reproducible order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from composer.algorithms.randaugment import RandAugmentTransform
+from composer.utils import add_vision_dataset_transform, dist
+from omegaconf import OmegaConf
+from torch.utils.data import DistributedSampler
+from torchvision.datasets import VisionDataset
+
+from data import SOURCES, build_data
+from recipes.errors import UsageError
+from recipes.schema import RecipeConfig
+
+
+def synthetic_recipe(**overrides: object):
+    """Synthetic data at 8 px: a full build takes milliseconds."""
+    data = {
+        "source": "synthetic",
+        "num_classes": 4,
+        "synthetic_train_samples": 16,
+        "synthetic_val_samples": 8,
+    }
+    data.update({"train_resolution": 8, "eval_resolution": 8, "num_workers": 0})
+    data.update(overrides.pop("data", {}))
+    return OmegaConf.merge(
+        OmegaConf.structured(RecipeConfig), {"global_batch_size": 4, "data": data, **overrides}
+    )
+
+
+def fake_world(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """Pretend to be rank 0 of ``size`` processes (the sampler only needs the numbers)."""
+    monkeypatch.setattr(dist, "get_world_size", lambda: size)
+    monkeypatch.setattr(dist, "get_global_rank", lambda: 0)
+
+
+def test_registry_names_every_source() -> None:
+    assert set(SOURCES) == {"digits", "imagefolder", "ilsvrc", "hf", "synthetic"}
+
+
+def test_unknown_source_lists_known_ones_and_suggests() -> None:
+    with pytest.raises(
+        UsageError, match=r"data\.source=digts is not one of: digits, .*Did you mean 'digits'"
+    ):
+        build_data(synthetic_recipe(data={"source": "digts"}))
+
+
+def test_batch_is_split_over_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_world(monkeypatch, 2)
+    bundle = build_data(synthetic_recipe(global_batch_size=8, eval_batch_size=4))
+    assert bundle.train.dataloader.batch_size == 4
+    assert bundle.val.batch_size == 2
+    assert isinstance(bundle.train.dataloader.sampler, DistributedSampler)
+    assert bundle.train.dataloader.sampler.num_replicas == 2
+    assert len(bundle.train.dataloader) == 2  # 16 images, 8 per process, batches of 4
+    assert bundle.train_size == 16
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"global_batch_size": 4}, r"global_batch_size=4 does not divide over 3 processes.*multiple of 3"),
+        (
+            {"global_batch_size": 6, "eval_batch_size": 8},
+            r"eval_batch_size=8 does not divide over 3 processes",
+        ),
+    ],
+)
+def test_indivisible_batch_names_both_numbers(
+    monkeypatch: pytest.MonkeyPatch, overrides: dict, message: str
+) -> None:
+    fake_world(monkeypatch, 3)
+    with pytest.raises(UsageError, match=message):
+        build_data(synthetic_recipe(**overrides))
+
+
+def test_training_set_smaller_than_a_batch_is_an_error_not_an_empty_epoch() -> None:
+    with pytest.raises(
+        UsageError, match=r"training set has 16 images, fewer than one batch of global_batch_size=32"
+    ):
+        build_data(synthetic_recipe(global_batch_size=32))
+    assert (
+        len(build_data(synthetic_recipe(global_batch_size=32, data={"drop_last": False})).train.dataloader)
+        == 1
+    )
+
+
+def test_worker_settings_apply_only_with_workers() -> None:
+    loader = build_data(synthetic_recipe(data={"num_workers": 2, "prefetch_factor": 3})).train.dataloader
+    assert (loader.num_workers, loader.persistent_workers, loader.prefetch_factor) == (2, True, 3)
+    assert loader.pin_memory is False  # no CUDA here
+    loader = build_data(synthetic_recipe()).train.dataloader
+    assert (loader.persistent_workers, loader.prefetch_factor) == (False, None)
+
+
+def test_same_seed_same_order_other_seed_other_order() -> None:
+    def first_epoch_labels(seed: int) -> list[int]:
+        loader = build_data(synthetic_recipe(seed=seed, data={"num_classes": 16})).train.dataloader
+        return [label for _, labels in loader for label in labels.tolist()]
+
+    assert first_epoch_labels(1) == first_epoch_labels(1)
+    assert first_epoch_labels(1) != first_epoch_labels(2)
+
+
+def test_subset_applies_before_loading() -> None:
+    bundle = build_data(synthetic_recipe(data={"subset_size": "8", "max_classes": 2}))
+    assert (bundle.num_classes, bundle.class_names) == (2, ["class_0", "class_1"])
+    assert (bundle.train_size, bundle.val_size) == (8, 4)
+
+
+def test_train_dataset_takes_composer_randaugment() -> None:
+    dataset = build_data(synthetic_recipe()).train.dataloader.dataset
+    assert isinstance(dataset, VisionDataset)
+    add_vision_dataset_transform(dataset, RandAugmentTransform(), is_tensor_transform=False)
+    image, label = dataset[5]
+    assert image.shape == (3, 8, 8)
+    assert label == 1
+
+
+def test_cache_dir_expands_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data import digits
+
+    written = []
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(
+        digits, "write_digits", lambda folder, *args: written.append(folder) or _tiny_digits(folder)
+    )
+    build_data(synthetic_recipe(data={"source": "digits", "cache_dir": "~/cache"}))
+    assert str(written[0]).startswith(str(tmp_path / "cache"))
+
+
+def _tiny_digits(folder: Path) -> None:
+    """Two classes of four images per split, standing in for the real digits write."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for digit in ("0", "1"):
+            (folder / split / digit).mkdir(parents=True)
+            for index in range(4):
+                Image.new("RGB", (8, 8)).save(folder / split / digit / f"{index}.jpg")
