@@ -54,15 +54,21 @@ class StableMetricNames(Callback):
 class MetricsFile(LoggerDestination):
     """Writes ``metrics.jsonl``: a training line every ``every_n_batches`` steps and a line for each eval.
 
-    Each line carries the step, epoch and sample count, so a crashed run's curve can be plotted from the file
+    Each line carries the step and epoch, so a crashed run's curve can be plotted from the file
     alone. A training line is written once the next step starts logging (or at the end), so it holds everything
     logged for its step whatever order the callbacks ran in. Only global rank 0 writes.
     """
 
     def __init__(
-        self, folder: str | Path, every_n_batches: int = 10, filename: str = "metrics.jsonl"
+        self,
+        folder: str | Path,
+        every_n_batches: int = 10,
+        append: bool = False,
+        filename: str = "metrics.jsonl",
     ) -> None:
         self.path = Path(folder) / filename
+        # An autoresumed run continues its file; a fresh run into the same folder starts a new one.
+        self.mode = "a" if append else "w"
         self.every_n_batches = max(1, every_n_batches)
         self.step: int | None = None
         self.pending: dict[str, Any] = {}

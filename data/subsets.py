@@ -35,7 +35,11 @@ def parse_subset_size(value: str | int) -> int | None:
 
 
 def subset_catalog(catalog: Catalog, data: Any, seed: int) -> Catalog:
-    """Apply ``max_classes``, ``subset_size`` and ``max_samples_per_class`` to a source's catalog."""
+    """Apply ``max_classes``, ``subset_size`` and ``max_samples_per_class`` to a source's catalog.
+
+    Splits here are random-access ``Split``s: a streamed Hugging Face dataset with subset keys is drawn into a
+    cache by ``data.hf`` first, and re-applying the same keys to that drawn subset changes nothing.
+    """
     total = parse_subset_size(data.subset_size)
     max_classes = data.max_classes
     cap = data.max_samples_per_class
@@ -44,12 +48,6 @@ def subset_catalog(catalog: Catalog, data: Any, seed: int) -> Catalog:
     for key, value in (("max_classes", max_classes), ("max_samples_per_class", cap)):
         if value is not None and value < 1:
             raise UsageError(f"data.{key}={value} must be at least 1 (or null for no limit).")
-    for split in (catalog.train, catalog.val):
-        if split is not None and not isinstance(split, Split):
-            raise UsageError(
-                "data.subset_size, data.max_classes and data.max_samples_per_class need random access to the "
-                "images; they do not work with data.hf_streaming=true. Turn streaming off or drop the subset keys."
-            )
 
     classes = catalog.classes
     train, val = catalog.train, catalog.val

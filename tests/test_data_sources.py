@@ -232,6 +232,32 @@ def test_hf_streaming_with_workers_reads_each_row_once_and_reshuffles(
     assert epochs[0] != epochs[1]
 
 
+def test_hf_streamed_subset_is_drawn_once_into_the_cache(
+    tmp_path: Path, hf_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = recipe(
+        tmp_path,
+        source="hf",
+        path=str(hf_folder),
+        val_split="validation",
+        hf_streaming=True,
+        subset_size="6",
+        max_classes=2,
+    )
+    bundle = build_data(config)
+    assert bundle.class_names == ["r", "g"]
+    assert Counter(bundle.train.dataloader.dataset.targets) == {0: 3, 1: 3}
+    assert bundle.val_size == 4  # every val image of the two kept classes
+    assert_batches_match_labels(bundle.train.dataloader, 4)
+    assert_batches_match_labels(bundle.val, 4)
+
+    def must_not_write(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the streamed subset was drawn again")
+
+    monkeypatch.setattr(hf, "write_subset", must_not_write)
+    assert build_data(config).train_size == 6
+
+
 def test_map_style_datasets_pickle_for_spawned_workers(tmp_path: Path, hf_folder: Path) -> None:
     for config in (
         recipe(tmp_path, source="hf", path=str(hf_folder), val_split="validation"),
