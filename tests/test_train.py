@@ -17,7 +17,7 @@ SMOKE_ACCURACY_BAR = 0.90
 def tiny_synthetic_overrides(folder: Path) -> list[str]:
     """Shrink any recipe to a few batches of synthetic 32 px images, keeping its algorithms and settings."""
     return [
-        "data.source=synthetic", "data.num_classes=10", "data.synthetic_train_samples=16",
+        "data.source=synthetic", "data.num_classes=100", "data.synthetic_train_samples=16",
         "data.synthetic_val_samples=8", "data.train_resolution=32", "data.eval_resolution=32",
         "data.num_workers=0", "global_batch_size=8", "eval_batch_size=8", "max_duration=2ba",
         "eval_interval=2ba", "save_interval=2ba", f"save_folder={folder}", "logging.progress_bar=false",
