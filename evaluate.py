@@ -18,7 +18,7 @@ from typing import Any
 from composer import Evaluator, Trainer
 from composer.utils import dist
 
-from algorithms.run_logging import VALIDATION_LABEL
+from algorithms.run_logging import VALIDATION_LABEL, validation_metrics
 from data import build_data
 from model import build_model_for_checkpoint, extract_model_states, read_checkpoint
 from recipes.errors import UsageError
@@ -63,8 +63,7 @@ def evaluate_weights(model: Any, dataloader: Any, device: str, precision: str) -
         loggers=[],
     )
     trainer.eval()
-    metrics = trainer.state.eval_metrics[VALIDATION_LABEL]
-    results = {f"{VALIDATION_LABEL}/{name}": float(metric.compute()) for name, metric in metrics.items()}
+    results = validation_metrics(trainer.state)
     trainer.close()
     return results
 

@@ -33,6 +33,12 @@ def _as_float(value: Any) -> float:
     return float(value)
 
 
+def validation_metrics(state: State) -> dict[str, float]:
+    """The current validation metrics as ``val/<name>`` floats (what train.py reports and evaluate.py prints)."""
+    metrics = state.eval_metrics.get(VALIDATION_LABEL, {})
+    return {f"{VALIDATION_LABEL}/{name}": _as_float(metric.compute()) for name, metric in metrics.items()}
+
+
 class StableMetricNames(Callback):
     """Logs ``train/loss``, ``train/acc1``, ``lr`` each batch and ``val/acc1``, ``val/acc5``, ``val/loss`` per eval."""
 
@@ -43,12 +49,7 @@ class StableMetricNames(Callback):
         logger.log_metrics(metrics)
 
     def eval_end(self, state: State, logger: Logger) -> None:
-        computed = {
-            f"{label}/{name}": _as_float(metric.compute())
-            for label, metrics in state.eval_metrics.items()
-            for name, metric in metrics.items()
-        }
-        logger.log_metrics(computed)
+        logger.log_metrics(validation_metrics(state))
 
 
 class MetricsFile(LoggerDestination):

@@ -15,12 +15,7 @@ from composer.utils import dist
 
 from algorithms.optimization import LearningRatePlan
 from algorithms.registry import enabled_algorithms
-from algorithms.run_logging import VALIDATION_LABEL, MetricsFile
-
-
-def _final_validation_metrics(trainer: Trainer) -> dict[str, float]:
-    metrics = trainer.state.eval_metrics.get(VALIDATION_LABEL, {})
-    return {f"{VALIDATION_LABEL}/{name}": float(metric.compute()) for name, metric in metrics.items()}
+from algorithms.run_logging import MetricsFile, validation_metrics
 
 
 def build_summary(
@@ -42,7 +37,7 @@ def build_summary(
     summary: dict[str, Any] = {
         "run_name": run_name,
         "recipe": recipe_path,
-        **_final_validation_metrics(trainer),
+        **validation_metrics(trainer.state),
         "train/loss": metrics_file.latest.get("train/loss", math.nan),
         "train/acc1": metrics_file.latest.get("train/acc1", math.nan),
         # EMA swaps its averaged weights in for every evaluation, so the reported accuracy is the EMA model's.

@@ -21,6 +21,7 @@ from data.subsets import subset_catalog
 from data.transforms import eval_transform, train_transform
 from recipes.errors import UsageError
 from recipes.loading import suggest
+from recipes.runtime import split_batch_over_processes
 
 SOURCES: dict[str, Callable[..., Catalog]] = {
     "digits": digits.build_catalog,
@@ -54,9 +55,9 @@ def build_data(cfg: Any, *, train: bool = True) -> DataBundle:
             f"data.source={data.source} is not one of: {', '.join(SOURCES)}.{suggest(data.source, list(SOURCES))}"
         )
     world_size = dist.get_world_size()
-    train_batch = per_device_batch_size("global_batch_size", cfg.global_batch_size, world_size)
+    train_batch = split_batch_over_processes("global_batch_size", cfg.global_batch_size, world_size)
     eval_total = cfg.global_batch_size if cfg.eval_batch_size is None else cfg.eval_batch_size
-    eval_batch = per_device_batch_size("eval_batch_size", eval_total, world_size)
+    eval_batch = split_batch_over_processes("eval_batch_size", eval_total, world_size)
     _check_loader_settings(data)
 
     catalog = subset_catalog(builder(data, seed=cfg.seed, train=train), data, cfg.seed)
@@ -84,18 +85,6 @@ def build_data(cfg: Any, *, train: bool = True) -> DataBundle:
         train_size=train_size,
         val_size=_total_size(val_dataset, world_size),
     )
-
-
-def per_device_batch_size(key: str, total: int, world_size: int) -> int:
-    """``total`` split evenly over the processes, or an error naming both numbers."""
-    if total < 1:
-        raise UsageError(f"{key}={total} must be a positive number of images.")
-    if total % world_size:
-        raise UsageError(
-            f"{key}={total} does not divide over {world_size} processes; use a multiple of {world_size} "
-            f"such as {max(world_size, total // world_size * world_size)}."
-        )
-    return total // world_size
 
 
 def make_loader(

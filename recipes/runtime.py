@@ -30,6 +30,18 @@ class Runtime:
     notes: tuple[str, ...]
 
 
+def split_batch_over_processes(key: str, total: int, world_size: int) -> int:
+    """``total`` split evenly over the processes, or an error naming both numbers."""
+    if total < 1:
+        raise UsageError(f"{key}={total} must be a positive number of images.")
+    if total % world_size:
+        raise UsageError(
+            f"{key}={total} does not divide over {world_size} processes; use a multiple of {world_size} "
+            f"such as {max(world_size, total // world_size * world_size)}."
+        )
+    return total // world_size
+
+
 def resolve_runtime(config: DictConfig, *, cuda_available: bool | None = None) -> Runtime:
     """Pick device and precision for this machine, checking the batch divides over the devices."""
     cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
@@ -53,12 +65,7 @@ def resolve_runtime(config: DictConfig, *, cuda_available: bool | None = None) -
         microbatch = None
 
     world_size = dist.get_world_size()
-    if config.global_batch_size % world_size:
-        raise UsageError(
-            f"global_batch_size={config.global_batch_size} does not divide over {world_size} processes; "
-            f"use a multiple of {world_size}."
-        )
-    per_device = config.global_batch_size // world_size
+    per_device = split_batch_over_processes("global_batch_size", config.global_batch_size, world_size)
     if isinstance(microbatch, int) and per_device % microbatch:
         raise UsageError(
             f"device_train_microbatch_size={microbatch} does not divide the per-device batch {per_device}; "
