@@ -21,7 +21,7 @@ from composer.utils import dist
 from algorithms.run_logging import VALIDATION_LABEL, validation_metrics
 from data import build_data
 from model import build_model_for_checkpoint, extract_model_states, read_checkpoint
-from recipes.errors import UsageError
+from recipes.errors import UsageError, user_message
 from recipes.loading import load_recipe
 from recipes.runtime import resolve_runtime, silence_expected_warnings, start_distributed
 
@@ -78,7 +78,7 @@ def run(checkpoint: Path, recipe: str | None, overrides: list[str]) -> dict[str,
     start_distributed(runtime.device)
     for note in runtime.notes:
         print(f"note: {note}")
-    data = build_data(config, train=False)
+    data = build_data(config, train=False, device=runtime.device)
     states = extract_model_states(read_checkpoint(checkpoint))
     weight_sets = ["ema", "raw"] if "ema" in states else ["model"]
     by_weights = {}
@@ -87,6 +87,8 @@ def run(checkpoint: Path, recipe: str | None, overrides: list[str]) -> dict[str,
             config, data.num_classes, states[name], source=f"checkpoint {checkpoint}"
         )
         by_weights[name] = evaluate_weights(model, data.val, runtime.device, runtime.precision)
+    if dist.get_global_rank() == 0 and (bad_images := data.bad_images.report()) is not None:
+        print(bad_images)
     headline = weight_sets[0]
     return {
         "checkpoint": str(checkpoint),
@@ -94,6 +96,7 @@ def run(checkpoint: Path, recipe: str | None, overrides: list[str]) -> dict[str,
         "images": data.val_size,
         "num_classes": data.num_classes,
         "weights_reported": headline,
+        "bad_images": data.bad_images.entries(),
         **by_weights[headline],
         "by_weights": by_weights,
     }
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run(Path(args.checkpoint), args.recipe, args.overrides)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         return 2
     if dist.get_global_rank() == 0:
         for name, metrics in results["by_weights"].items():

@@ -23,7 +23,7 @@ from algorithms.run_logging import VALIDATION_LABEL, build_callbacks, build_logg
 from algorithms.run_summary import build_summary, format_summary, write_summary
 from data import build_data
 from model import build_model
-from recipes.errors import UsageError
+from recipes.errors import UsageError, user_message
 from recipes.loading import load_recipe, recipe_to_yaml, resolve_recipe_path
 from recipes.runtime import agree_on_run_name, resolve_runtime, silence_expected_warnings, start_distributed
 
@@ -62,7 +62,7 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
     for note in runtime.notes:
         say(f"note: {note}")
 
-    data = build_data(config)
+    data = build_data(config, device=runtime.device, bad_image_list=output_folder / "bad_images.tsv")
     model = build_model(config.model, data.num_classes)
     optimizer, lr_plan = build_optimizer(model, config.optimizer, config.global_batch_size)
     scheduler = build_scheduler(config.scheduler, optimizer, config.max_duration, len(data.train.dataloader))
@@ -126,11 +126,14 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
             "device": runtime.device,
             "precision": runtime.precision,
             "world_size": runtime.world_size,
+            "bad_images": len(data.bad_images.entries()),
         },
     )
     trainer.close()
     write_summary(output_folder, summary)
     say(format_summary(summary))
+    if (bad_images := data.bad_images.report()) is not None:
+        say(bad_images)
     say(f"outputs in {output_folder}/ (checkpoints, recipe.yaml, metrics.jsonl, summary.json)")
     return summary
 
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run(config, resolve_recipe_path(args.recipe))
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,7 +1,8 @@
 """Composer's own algorithms by recipe name: a recipe's ``algorithms:`` mapping becomes Composer objects.
 
-Nothing is re-implemented here; this module only maps names to Composer classes, fills the ResNet-specific
-defaults Composer cannot guess, and checks arguments against each class's signature before any work starts.
+Nothing is re-implemented here; this module only maps names to Composer classes (plus this project's
+``data_progressive_resizing``, which Composer lacks), fills the ResNet-specific defaults Composer cannot guess,
+and checks arguments against each class's signature before any work starts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from composer.algorithms import (
 from composer.core import Algorithm
 from omegaconf import DictConfig, OmegaConf
 
+from algorithms.data_progressive_resizing import DataProgressiveResizing
 from recipes.errors import UsageError
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
@@ -41,6 +43,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "label_smoothing": LabelSmoothing,
     "stochastic_depth": StochasticDepth,
     "progressive_resizing": ProgressiveResizing,
+    "data_progressive_resizing": DataProgressiveResizing,
     "sam": SAM,
     "colout": ColOut,
     "gradient_clipping": GradientClipping,
@@ -97,15 +100,15 @@ def validate_algorithms(algorithms: Mapping[str, Any] | DictConfig) -> None:
         for argument in arguments:
             if argument not in names:
                 raise UsageError(
-                    f"Unknown argument 'algorithms.{name}.{argument}' for Composer's "
-                    f"{ALGORITHMS[name].__name__}.{suggest(argument, sorted(names))} "
+                    f"Unknown argument 'algorithms.{name}.{argument}' for {_owner(ALGORITHMS[name])}."
+                    f"{suggest(argument, sorted(names))} "
                     f"Its arguments: {', '.join(sorted(names))}."
                 )
         missing = required - set(arguments)
         if missing:
             raise UsageError(
-                f"'algorithms.{name}' needs {', '.join(sorted(missing))} (Composer's "
-                f"{ALGORITHMS[name].__name__} has no default for them)."
+                f"'algorithms.{name}' needs {', '.join(sorted(missing))} ({_owner(ALGORITHMS[name])} has no "
+                "default for them)."
             )
         _check_swa_units(name, arguments)
 
@@ -122,7 +125,20 @@ def _check_swa_units(name: str, arguments: dict[str, Any]) -> None:
             )
 
 
+def _owner(cls: type) -> str:
+    """ "Composer's MixUp" or this project's class name, for messages."""
+    return f"Composer's {cls.__name__}" if cls.__module__.startswith("composer") else cls.__name__
+
+
 def build_algorithms(algorithms: Mapping[str, Any] | DictConfig) -> list[Algorithm]:
-    """Composer algorithm objects for the recipe, in the recipe's order."""
+    """Composer algorithm objects for the recipe, in the recipe's order; a rejected value names its key."""
     validate_algorithms(algorithms)
-    return [ALGORITHMS[name](**arguments) for name, arguments in enabled_algorithms(algorithms).items()]
+    built = []
+    for name, arguments in enabled_algorithms(algorithms).items():
+        try:
+            built.append(ALGORITHMS[name](**arguments))
+        except (ValueError, TypeError) as error:
+            raise UsageError(
+                f"'algorithms.{name}' was rejected by {_owner(ALGORITHMS[name])}: {error}"
+            ) from error
+    return built

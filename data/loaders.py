@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,9 +17,10 @@ from composer.utils import dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from data import digits, hf, ilsvrc, imagefolder, synthetic
+from data.bad_images import BadImageLog
 from data.samples import Catalog
 from data.subsets import subset_catalog
-from data.transforms import eval_transform, train_transform
+from data.transforms import batch_transform, eval_transform, train_transform
 from recipes.errors import UsageError
 from recipes.loading import suggest
 from recipes.runtime import split_batch_over_processes
@@ -36,18 +38,27 @@ SOURCES: dict[str, Callable[..., Catalog]] = {
 class DataBundle:
     """Everything the trainer and evaluator need from the data."""
 
-    # Composer DataSpec wrapping the train DataLoader (None when built eval-only).
+    # Composer DataSpecs wrapping the DataLoaders (train is None when built eval-only); their batch_transforms
+    # turn the fast pipeline's uint8 batches into normalised floats on the device.
     train: DataSpec | None
-    val: DataLoader
+    val: DataSpec
     num_classes: int
     class_names: list[str]
     # Images in the (subsetted) training set, over all processes; 0 when built eval-only.
     train_size: int
     val_size: int
+    # Images that could not be decoded (data.on_bad_image), listed by every worker.
+    bad_images: BadImageLog
 
 
-def build_data(cfg: Any, *, train: bool = True) -> DataBundle:
-    """Build the recipe's data (``cfg`` is the whole recipe: it reads ``data``, ``seed`` and the batch sizes)."""
+def build_data(
+    cfg: Any, *, train: bool = True, device: str = "cpu", bad_image_list: str | Path | None = None
+) -> DataBundle:
+    """Build the recipe's data (``cfg`` is the whole recipe: it reads ``data``, ``seed`` and the batch sizes).
+
+    ``device`` ("cpu" or "gpu") is where batches are normalised; ``bad_image_list`` is the file listing skipped
+    images (a temporary file when None).
+    """
     data = cfg.data
     builder = SOURCES.get(data.source)
     if builder is None:
@@ -60,12 +71,14 @@ def build_data(cfg: Any, *, train: bool = True) -> DataBundle:
     eval_batch = split_batch_over_processes("eval_batch_size", eval_total, world_size)
     _check_loader_settings(data)
 
+    bad_images = BadImageLog(bad_image_list, data.on_bad_image)
+    to_device = batch_transform(data, device)
     catalog = subset_catalog(builder(data, seed=cfg.seed, train=train), data, cfg.seed)
-    val_dataset = catalog.val.to_dataset(catalog.classes, eval_transform(data))
+    val_dataset = catalog.val.to_dataset(catalog.classes, eval_transform(data), bad_images)
     val_loader = make_loader(val_dataset, eval_batch, data, seed=cfg.seed, shuffle=False, drop_last=False)
     train_spec, train_size = None, 0
     if catalog.train is not None:
-        train_dataset = catalog.train.to_dataset(catalog.classes, train_transform(data))
+        train_dataset = catalog.train.to_dataset(catalog.classes, train_transform(data), bad_images)
         train_size = _total_size(train_dataset, world_size)
         loader = make_loader(
             train_dataset, train_batch, data, seed=cfg.seed, shuffle=True, drop_last=data.drop_last
@@ -76,14 +89,15 @@ def build_data(cfg: Any, *, train: bool = True) -> DataBundle:
                 f"{cfg.global_batch_size}, and data.drop_last=true would drop them all. Lower global_batch_size, "
                 "use more images (data.subset_size) or set data.drop_last=false."
             )
-        train_spec = DataSpec(loader)
+        train_spec = DataSpec(loader, batch_transforms=to_device)
     return DataBundle(
         train=train_spec,
-        val=val_loader,
+        val=DataSpec(val_loader, batch_transforms=to_device),
         num_classes=len(catalog.classes),
         class_names=list(catalog.classes),
         train_size=train_size,
         val_size=_total_size(val_dataset, world_size),
+        bad_images=bad_images,
     )
 
 

@@ -1,7 +1,13 @@
 """Train and eval transform presets, as in torchvision's references/classification/presets.py.
 
-Both presets are a ``torchvision.transforms.Compose`` holding a ``ToTensor``: Composer's RandAugment (and other
-PIL augmentations) insert themselves just before ``ToTensor`` (``composer.utils.add_vision_dataset_transform``).
+``data.pipeline`` picks one of two presets with the same augmentation semantics:
+
+* ``fast`` (``data.fast_transforms``): reduced-size JPEG decode, one crop-and-resize, uint8 tensors out, and
+  ``batch_transform`` normalises each batch on the training device;
+* ``torchvision``: torchvision's RandomResizedCrop / Resize + CenterCrop, ToTensor and Normalize on the CPU.
+
+Every preset is a ``torchvision.transforms.Compose`` holding a ``ToTensor`` (or a subclass): Composer's RandAugment
+(and other PIL augmentations) insert themselves just before it (``composer.utils.add_vision_dataset_transform``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,14 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
+from data.bad_images import DECODE_ERRORS, ImageDecodeError
+from data.fast_transforms import (
+    DecodeCenterCrop,
+    DecodeRandomResizedCrop,
+    NormalizeBatch,
+    SharedResolution,
+    ToUint8Tensor,
+)
 from recipes.errors import UsageError
 
 INTERPOLATIONS = {
@@ -22,10 +36,14 @@ INTERPOLATIONS = {
 
 
 class ToRGB:
-    """Any PIL mode (greyscale, CMYK, palette) to RGB: ImageNet holds a few greyscale and CMYK JPEGs."""
+    """Decode, and any PIL mode (greyscale, CMYK, palette) to RGB: ImageNet holds greyscale and CMYK JPEGs."""
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        return image if image.mode == "RGB" else image.convert("RGB")
+        try:
+            image.load()
+            return image if image.mode == "RGB" else image.convert("RGB")
+        except DECODE_ERRORS as error:
+            raise ImageDecodeError(str(error)) from error
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -37,8 +55,17 @@ def eval_resize_size(resolution: int, crop_ratio: float) -> int:
 
 
 def train_transform(data: Any) -> transforms.Compose:
-    """RandomResizedCrop (+ flip), then tensor and normalisation."""
+    """RandomResizedCrop (+ flip), then a tensor (uint8 for the fast pipeline, normalised floats otherwise)."""
     check_transform_settings(data)
+    if data.pipeline == "fast":
+        fast_steps: list[Any] = [
+            DecodeRandomResizedCrop(
+                SharedResolution(data.train_resolution), data.crop_scale, data.crop_ratio, data.interpolation
+            )
+        ]
+        if data.horizontal_flip:
+            fast_steps.append(transforms.RandomHorizontalFlip())
+        return transforms.Compose([*fast_steps, ToUint8Tensor()])
     steps: list[Any] = [
         ToRGB(),
         transforms.RandomResizedCrop(
@@ -56,8 +83,11 @@ def train_transform(data: Any) -> transforms.Compose:
 
 
 def eval_transform(data: Any) -> transforms.Compose:
-    """Resize the short side to resolution / eval_crop_ratio, center-crop the resolution, tensor, normalise."""
+    """Resize the short side to resolution / eval_crop_ratio, center-crop the resolution, tensor (normalised)."""
     check_transform_settings(data)
+    if data.pipeline == "fast":
+        crop = DecodeCenterCrop(data.eval_resolution, data.eval_crop_ratio, data.interpolation)
+        return transforms.Compose([crop, ToUint8Tensor()])
     return transforms.Compose(
         [
             ToRGB(),
@@ -71,6 +101,11 @@ def eval_transform(data: Any) -> transforms.Compose:
             transforms.Normalize(list(data.mean), list(data.std)),
         ]
     )
+
+
+def batch_transform(data: Any, device: str) -> NormalizeBatch:
+    """Composer ``batch_transforms`` for both loaders: normalises the fast pipeline's uint8 batches on ``device``."""
+    return NormalizeBatch(data.mean, data.std, device)
 
 
 def check_transform_settings(data: Any) -> None:

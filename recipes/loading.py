@@ -30,6 +30,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer.lr_scaling": ("linear", "sqrt", "none"),
     "scheduler.name": ("cosine_warmup", "linear_warmup", "constant_warmup", "one_cycle"),
     "data.interpolation": ("bilinear", "bicubic", "nearest"),
+    "data.pipeline": ("fast", "torchvision"),
+    "data.on_bad_image": ("skip", "fail"),
     "logging.wandb_mode": ("online", "offline", "disabled"),
 }
 TIME_KEYS = (
@@ -186,7 +188,27 @@ def load_recipe(name: str | Path | None = None, overrides: list[str] | None = No
             + suggest(config.data.source, known)
         )
     validate_algorithms(config.algorithms)
+    _check_resizing(config)
     return config
+
+
+def _check_resizing(config: DictConfig) -> None:
+    """The two progressive resizings exclude each other, and the data-side one needs the fast pipeline."""
+    from algorithms.registry import enabled_algorithms
+
+    enabled = enabled_algorithms(config.algorithms)
+    if "data_progressive_resizing" not in enabled:
+        return
+    if "progressive_resizing" in enabled:
+        raise UsageError(
+            "'algorithms.progressive_resizing' and 'algorithms.data_progressive_resizing' are both on; keep one "
+            "(data_progressive_resizing also spares the CPU; set the other to null)."
+        )
+    if config.data.pipeline != "fast":
+        raise UsageError(
+            "'algorithms.data_progressive_resizing' needs data.pipeline=fast (its crop step takes the size); "
+            f"data.pipeline is '{config.data.pipeline}'. Use algorithms.progressive_resizing with it instead."
+        )
 
 
 def recipe_to_yaml(config: DictConfig) -> str:

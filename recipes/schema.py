@@ -36,8 +36,11 @@ class DataConfig:
     source: str = "digits"
     # Root folder (imagefolder, ilsvrc), or a Hugging Face hub name or saved-dataset folder (hf).
     path: str | None = None
-    # Where derived data (the digits JPEG folder, indexes) is written.
+    # Where derived data (the digits JPEG folder, file indexes, drawn Hugging Face subsets) is written.
     cache_dir: str = "~/.cache/mosaic-resnet50"
+    # Folder sources: cache the file listing under cache_dir (rebuilt when a folder changes) so a restart or a
+    # second process does not walk 1.28M files again.
+    index_cache: bool = True
     # Split names: folder names for imagefolder, split names for hf ("train"/"validation" for imagenet-1k).
     train_split: str = "train"
     val_split: str = "val"
@@ -68,6 +71,12 @@ class DataConfig:
     interpolation: str = "bilinear"
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # Decode path: "fast" (reduced-size JPEG decode, crop and resize in one step, uint8 batches normalised on
+    # the device) or "torchvision" (torchvision's RandomResizedCrop/ToTensor/Normalize presets on the CPU).
+    pipeline: str = "fast"
+    # An image that cannot be decoded: "skip" (replace the sample, list the file in the run folder, report it
+    # at the end) or "fail" (stop at once, naming the file).
+    on_bad_image: str = "skip"
     # DataLoader settings (per process).
     num_workers: int = 8
     pin_memory: bool = True

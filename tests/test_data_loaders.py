@@ -52,7 +52,7 @@ def test_batch_is_split_over_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_world(monkeypatch, 2)
     bundle = build_data(synthetic_recipe(global_batch_size=8, eval_batch_size=4))
     assert bundle.train.dataloader.batch_size == 4
-    assert bundle.val.batch_size == 2
+    assert bundle.val.dataloader.batch_size == 2
     assert isinstance(bundle.train.dataloader.sampler, DistributedSampler)
     assert bundle.train.dataloader.sampler.num_replicas == 2
     assert len(bundle.train.dataloader) == 2  # 16 images, 8 per process, batches of 4

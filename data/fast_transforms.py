@@ -1,0 +1,242 @@
+"""The fast decode path (``data.pipeline=fast``): reduced-size JPEG decode, then one crop-and-resize, uint8 out.
+
+Measured on 2 cores (bench/data_pipeline.py), torchvision's RandomResizedCrop + flip + ToTensor + Normalize on PIL
+spends more time after decoding a 500x375 JPEG than decoding it. This path removes most of that work while
+keeping the augmentation's semantics (the same crop distribution, the same antialiased bilinear resize):
+
+* the crop box is drawn from the image header (``RandomResizedCrop.get_params`` needs only the size), so
+  when the box is at least twice the output size libjpeg decodes at 1/2, 1/4 or 1/8 scale (DCT scaling, PIL's
+  ``Image.draft``) and the resize has less to shrink;
+* crop and resize are one antialiased ``torch.nn.functional.interpolate`` on the uint8 pixels, PyTorch's
+  vectorised port of PIL's resize algorithm (from pillow-simd), about 3x faster than stock Pillow's;
+* images leave the worker as uint8 tensors: a quarter of the float bytes through shared memory and to the GPU,
+  and ``normalize_batch`` converts and normalises the whole batch on the training device.
+
+Composer's RandAugment, which inserts itself before ``ToTensor``, still works: ``ToUint8Tensor`` (a ``ToTensor``)
+turns what it returns back into uint8.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as functional
+from PIL import Image
+from torchvision import transforms
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import functional as tv_functional
+
+from data.bad_images import ImageDecodeError
+
+# np.asarray(PIL image) is a read-only view of a bytes copy; it is only read from (interpolate writes a new tensor).
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+# torch's antialiased uint8 resize kernels for the recipe's interpolation names (PIL NEAREST samples pixel
+# centres, which is torch's "nearest-exact").
+TORCH_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
+# libjpeg's DCT scaling offers 1/2, 1/4 and 1/8.
+DRAFT_FACTORS = (8, 4, 2)
+
+
+class SharedResolution:
+    """An output size shared between the main process and the DataLoader workers, persistent ones included.
+
+    The value lives in shared memory (a torch tensor moved there), so an algorithm in the main process can change
+    it between epochs and workers started earlier read the new value on their next image.
+    """
+
+    def __init__(self, pixels: int) -> None:
+        self._value = torch.tensor([pixels], dtype=torch.int32).share_memory_()
+
+    def get(self) -> int:
+        """The current side length in pixels."""
+        return int(self._value[0])
+
+    def set(self, pixels: int) -> None:
+        """Change the side length for every image produced from now on."""
+        if pixels < 1:
+            raise ValueError(f"a resolution must be at least 1 pixel, not {pixels}")
+        self._value[0] = pixels
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.get()})"
+
+
+def draft_factor(box_width: float, box_height: float, output: int) -> int:
+    """The largest DCT scale-down (8, 4, 2 or 1) that still leaves the crop box at least ``output`` pixels."""
+    for factor in DRAFT_FACTORS:
+        if box_width >= output * factor and box_height >= output * factor:
+            return factor
+    return 1
+
+
+def decode_reduced(image: Image.Image, factor: int) -> tuple[torch.Tensor, float, float]:
+    """Decode ``image`` to RGB pixels (CHW uint8), at 1/``factor`` scale when it is a not-yet-decoded JPEG.
+
+    The decoder is the fastest one measured for the case (bench/data_pipeline.py): libjpeg-turbo through
+    ``torchvision.io.decode_jpeg`` at full scale, PIL's ``draft`` (DCT scaling) at reduced scale, and PIL for
+    every other format or anything torchvision's decoder declines. Returns the pixels and the x and y scales
+    applied (libjpeg rounds sizes up). Failures become ``ImageDecodeError``, so the dataset can tell a bad file
+    from a bug in a transform.
+    """
+    width, height = image.size
+    try:
+        if image.format == "JPEG" and image.tile:
+            if factor == 1 and (pixels := _decode_jpeg_torchvision(image)) is not None:
+                return pixels, 1.0, 1.0
+            if factor > 1:
+                image.draft("RGB", (width // factor, height // factor))
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        raise ImageDecodeError(str(error)) from error
+    return pixels, pixels.shape[2] / width, pixels.shape[1] / height
+
+
+def _decode_jpeg_torchvision(image: Image.Image) -> torch.Tensor | None:
+    """The JPEG behind a lazily opened PIL image, decoded by torchvision; None where it declines (PIL decides)."""
+    source = getattr(image, "fp", None)
+    if source is None:
+        return None
+    source.seek(0)
+    encoded = torch.frombuffer(bytearray(source.read()), dtype=torch.uint8)
+    source.seek(0)
+    try:
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB)
+    except RuntimeError:  # truncated, corrupt or an encoding it does not support: PIL decodes or names the error
+        return None
+
+
+def crop_resize(
+    pixels: torch.Tensor, box: tuple[float, float, float, float], size: tuple[int, int], mode: str
+) -> torch.Tensor:
+    """Crop ``box`` (left, top, width, height in ``pixels`` coordinates) and resize it to ``size`` (h, w)."""
+    height, width = pixels.shape[1:]
+    left = min(max(round(box[0]), 0), width - 1)
+    top = min(max(round(box[1]), 0), height - 1)
+    right = min(max(round(box[0] + box[2]), left + 1), width)
+    bottom = min(max(round(box[1] + box[3]), top + 1), height)
+    crop = pixels[:, top:bottom, left:right].unsqueeze(0)
+    antialias = mode != "nearest-exact"
+    return functional.interpolate(crop, size=size, mode=mode, antialias=antialias)[0].contiguous()
+
+
+class DecodeRandomResizedCrop:
+    """torchvision's RandomResizedCrop, drawn from the header and decoded at the smallest sufficient scale.
+
+    Takes a PIL image opened but not yet decoded (``Image.open``), returns the resized RGB crop as a CHW uint8
+    tensor.
+    ``resolution`` is a ``SharedResolution`` so data-side progressive resizing can change it between epochs.
+    """
+
+    def __init__(
+        self,
+        resolution: SharedResolution,
+        scale: Sequence[float],
+        ratio: Sequence[float],
+        interpolation: str = "bilinear",
+    ) -> None:
+        self.resolution = resolution
+        self.scale = [float(s) for s in scale]
+        self.ratio = [float(r) for r in ratio]
+        self.interpolation = interpolation
+        self.mode = TORCH_MODES[interpolation]
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        output = self.resolution.get()
+        top, left, height, width = transforms.RandomResizedCrop.get_params(image, self.scale, self.ratio)
+        pixels, scale_x, scale_y = decode_reduced(image, draft_factor(width, height, output))
+        box = (left * scale_x, top * scale_y, width * scale_x, height * scale_y)
+        return crop_resize(pixels, box, (output, output), self.mode)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(size={self.resolution.get()}, scale={self.scale}, ratio={self.ratio}, "
+            f"interpolation={self.interpolation})"
+        )
+
+
+class DecodeCenterCrop:
+    """Resize(resolution / crop_ratio) + CenterCrop(resolution) as one crop-and-resize of the original pixels."""
+
+    def __init__(self, resolution: int, crop_ratio: float, interpolation: str = "bilinear") -> None:
+        self.resolution = resolution
+        self.crop_ratio = crop_ratio
+        self.interpolation = interpolation
+        self.mode = TORCH_MODES[interpolation]
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        width, height = image.size
+        # torchvision's Resize(short side -> resolution / crop_ratio), then the central resolution x resolution:
+        # in original pixels that is a square of crop_ratio * short side, centred.
+        resized_short = round(self.resolution / self.crop_ratio)
+        side = min(width, height) * self.resolution / resized_short
+        pixels, scale_x, scale_y = decode_reduced(image, draft_factor(side, side, self.resolution))
+        box = ((width - side) / 2 * scale_x, (height - side) / 2 * scale_y, side * scale_x, side * scale_y)
+        return crop_resize(pixels, box, (self.resolution, self.resolution), self.mode)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(size={self.resolution}, crop_ratio={self.crop_ratio}, "
+            f"interpolation={self.interpolation})"
+        )
+
+
+class ToUint8Tensor(transforms.ToTensor):
+    """The image as a CHW uint8 tensor, not scaled to floats (``NormalizeBatch`` does that per batch).
+
+    It subclasses ``ToTensor`` only so that Composer's ``add_vision_dataset_transform`` (used by RandAugment)
+    finds the tensor boundary and inserts PIL augmentations before it. Those hand back a PIL image or, given a
+    tensor, a float tensor in [0, 1] (Composer's ``image_as_type``); both come out as uint8 again.
+    """
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        if isinstance(image, Image.Image):
+            return tv_functional.pil_to_tensor(image.convert("RGB") if image.mode != "RGB" else image)
+        if image.dtype == torch.uint8:
+            return image
+        return image.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class NormalizeBatch:
+    """A Composer ``batch_transforms`` step: uint8 images to normalised floats, on the training device.
+
+    The batch is moved to the device first (a uint8 batch is a quarter of the bytes of a float one), so the
+    conversion runs on the GPU and algorithms after the data loader (MixUp, CutMix, Composer's
+    ProgressiveResizing) see the same normalised float images the torchvision pipeline produces.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: str = "cpu") -> None:
+        self.mean = [float(m) * 255 for m in mean]
+        self.std = [float(s) * 255 for s in std]
+        self.device = device
+
+    def __call__(self, batch: Any) -> Any:
+        images, targets = batch
+        if images.dtype != torch.uint8:  # already floats (the torchvision pipeline): nothing to do
+            return batch
+        target_device = self._target_device()
+        images = images.to(target_device, non_blocking=True)
+        targets = targets.to(target_device, non_blocking=True)
+        mean = torch.tensor(self.mean, device=target_device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=target_device).view(1, -1, 1, 1)
+        return images.float().sub_(mean).div_(std), targets
+
+    def _target_device(self) -> torch.device:
+        if self.device == "gpu" and torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+
+def input_resolution(dataset: Any) -> SharedResolution | None:
+    """The ``SharedResolution`` a dataset's train transform reads, or None (the torchvision pipeline)."""
+    transform = getattr(dataset, "transform", None)
+    for step in getattr(transform, "transforms", [transform]):
+        if isinstance(step, DecodeRandomResizedCrop):
+            return step.resolution
+    return None
