@@ -1,34 +1,42 @@
-"""Hugging Face ``datasets``: a hub name (``imagenet-1k``) or a folder written by ``save_to_disk``.
+"""Hugging Face ``datasets``: ``imagenet-1k`` by name, a local copy of a hub repository, or a ``save_to_disk`` folder.
+
+``data.path`` is one of:
+
+* a hub name. ``imagenet-1k`` is today's ``ILSVRC/imagenet-1k`` (the hub redirects the old canonical name): 1,000
+  classes in Parquet shards (``data/train-00000-of-00257.parquet`` ...), splits ``train`` (1,281,167 images),
+  ``validation`` (50,000: set ``data.val_split=validation``) and ``test`` (100,000, all labelled -1, unused).
+  It is gated: accept its terms at https://huggingface.co/datasets/ILSVRC/imagenet-1k, then put a token in the
+  environment variable named by ``data.hf_token_env``. Without streaming the whole dataset is downloaded into the
+  Hugging Face cache (``HF_HOME``) and converted to Arrow there first (~150 GB each for imagenet-1k);
+* a local folder laid out like a hub repository (``data/<split>-00000-of-00004.parquet`` and its ``README.md``
+  card, e.g. from ``hf download ILSVRC/imagenet-1k --repo-type dataset``), read by the same packaged Parquet
+  builder as the hub. Streaming reads the files in place; without it they are converted to Arrow as above;
+* a folder written by ``DatasetDict.save_to_disk`` (it holds ``dataset_dict.json``), read in place.
 
 The dataset needs an ``image`` column (an Image feature) and a ``label`` column (a ClassLabel, whose names become
-the class names). ``data.train_split`` / ``data.val_split`` pick the splits (imagenet-1k calls its validation split
-"validation"). The hub token is read from the environment variable named by ``data.hf_token_env``
-(imagenet-1k is gated: accept its terms on the hub first). A hub dataset without streaming is downloaded into
-the Hugging Face cache (``HF_HOME``) first, whole.
+the class names: from the card's ``dataset_info`` or the ``huggingface`` metadata ``Dataset.to_parquet`` embeds).
 
 With ``data.hf_streaming`` nothing is downloaded up front:
 
-* without subset keys, each split is read as a stream: each process reads its own shards
-  (``datasets.distributed.split_dataset_by_node``) and the train split is shuffled through a buffer and
-  reshuffled each epoch;
+* without subset keys, each split is read as a stream. Each process reads its own shards
+  (``datasets.distributed.split_dataset_by_node``) and each DataLoader worker its own part of those; the train
+  split is shuffled through a buffer and reshuffled each epoch. Shards are Parquet files, or their row groups
+  (``IterableDataset.reshard``) when the files are fewer than processes times workers (datasets would leave the
+  extra workers idle) or do not divide evenly over the processes (every process would read every file and keep
+  one row in N). A stream needs its row count for the epoch length, from the card's ``dataset_info``;
 * with ``subset_size``, ``max_classes`` or ``max_samples_per_class``, the subset is drawn from the stream once
-  (class-balanced quotas filled in a seeded shuffled order; val keeps every image of the kept classes), saved
-  under ``data.cache_dir``, and read with random access from then on, so every epoch sees the same images
-  without downloading them again.
+  into ``data.cache_dir`` (``data.hf_subsets``) and read with random access from then on.
 
 A saved folder can be streamed too, which is how the streaming paths are tested without a network.
 """
 
 from __future__ import annotations
 
+import io
 import os
-import re
-import shutil
-import tempfile
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,8 +44,9 @@ from composer.utils import dist
 from PIL import Image
 from torchvision.datasets import VisionDataset
 
+from data.bad_images import DECODE_ERRORS, BadImageLog, ImageDecodeError
+from data.hf_subsets import cached_subset, wants_subset
 from data.samples import Catalog, Split, expand_path
-from data.subsets import class_quotas, parse_subset_size
 from recipes.errors import UsageError
 
 if TYPE_CHECKING:
@@ -47,18 +56,29 @@ if TYPE_CHECKING:
 # costs ~110 MB per worker; torchvision-style full shuffles are only possible without streaming.
 SHUFFLE_BUFFER = 1_000
 SCHEMA = "an 'image' column (datasets.Image) and a 'label' column (datasets.ClassLabel)"
-# Bump when the way a streamed subset is drawn changes, so an old cache is not reused.
-SUBSET_VERSION = 1
+# Files that mark a folder written by save_to_disk (a DatasetDict, or a single Dataset).
+SAVED_MARKERS = ("dataset_dict.json", "state.json")
+
+
+def open_encoded(cell: dict[str, Any]) -> Image.Image:
+    """An undecoded Image cell (``{"bytes", "path"}``) opened lazily, so the transforms decode at reduced scale."""
+    if cell.get("bytes"):
+        return Image.open(io.BytesIO(cell["bytes"]))
+    if cell.get("path"):
+        return Image.open(cell["path"])
+    raise ImageDecodeError("the row holds neither image bytes nor a path")
 
 
 class RowImages:
-    """Decodes row ``index``'s image; picklable (a saved or downloaded Dataset pickles as its memory-mapped files)."""
+    """Opens row ``index``'s image without decoding it; picklable (a Dataset pickles as its memory-mapped files)."""
 
     def __init__(self, dataset: datasets.Dataset) -> None:
-        self.dataset = dataset.select_columns(["image"])
+        import datasets
+
+        self.dataset = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
 
     def __call__(self, index: int) -> Image.Image:
-        return self.dataset[index]["image"]
+        return open_encoded(self.dataset[index]["image"])
 
 
 class StreamedImages(VisionDataset, torch.utils.data.IterableDataset):
@@ -67,29 +87,80 @@ class StreamedImages(VisionDataset, torch.utils.data.IterableDataset):
     Inside DataLoader workers the Hugging Face stream hands each worker its own shards, and each worker batches
     its own rows (so ``drop_last`` drops up to one partial batch per worker). Each pass advances the shuffle
     epoch; the loader keeps workers persistent for streamed training data so that count survives.
+
+    With several processes (``equal_shares``), every process yields exactly ``length`` images per pass, split
+    evenly over its workers: shards rarely hold equal row counts, and under DDP a process that ran out early would
+    wait forever for the others at the next collective. A worker whose shards run short starts over on them; one
+    with rows to spare stops at its share (with shuffling, different rows are left out each epoch). A single
+    process reads every row once. Undecodable rows follow ``data.on_bad_image``.
     """
 
     def __init__(
-        self, stream: datasets.IterableDataset, classes: list[str], length: int, shuffle: bool, transform: Any
+        self,
+        stream: datasets.IterableDataset,
+        classes: list[str],
+        length: int,
+        shuffle: bool,
+        transform: Any,
+        bad_images: BadImageLog | None = None,
+        root: str | None = None,
+        equal_shares: bool = False,
     ) -> None:
-        super().__init__(root=None, transform=transform)
-        self.stream = stream
+        import datasets
+
+        super().__init__(root=root, transform=transform)
+        self.equal_shares = equal_shares
+        self.stream = stream.cast_column("image", datasets.Image(decode=False))
         self.classes = classes
         self.length = length
         self.shuffle = shuffle
+        self.bad_images = bad_images or BadImageLog(None, "fail")
         self.epoch = 0
 
     def __len__(self) -> int:
-        """Images this process reads per epoch (split evenly; shard sizes can make it off by a few)."""
+        """Images this process reads per epoch."""
         return self.length
 
     def __iter__(self) -> Iterator[tuple[Any, int]]:
-        if self.shuffle:
-            self.stream.set_epoch(self.epoch)
-            self.epoch += 1
-        for row in self.stream:
-            image = row["image"]
-            yield (self.transform(image) if self.transform is not None else image), row["label"]
+        share = self._share()
+        produced = 0
+        while True:
+            if self.shuffle:
+                self.stream.set_epoch(self.epoch)
+                self.epoch += 1
+            before = produced
+            for position, row in enumerate(self.stream):
+                try:
+                    image = self._decode(row["image"])
+                except ImageDecodeError as error:
+                    self.bad_images.handle(f"{self.root} row {position} of this worker's stream", error)
+                    continue
+                yield image, row["label"]
+                produced += 1
+                if produced == share:
+                    return
+            # One pass is all without equal shares; a pass with nothing decodable would never fill a share.
+            if share is None or produced == before:
+                return
+
+    def _share(self) -> int | None:
+        """This worker's part of ``length`` when shares must be equal, else None (read the stream once)."""
+        if not self.equal_shares:
+            return None
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        return self.length // workers + (1 if worker < self.length % workers else 0)
+
+    def _decode(self, cell: dict[str, Any]) -> Any:
+        """Open and transform one row's image; any decoding failure surfaces as ImageDecodeError."""
+        try:
+            image = open_encoded(cell)
+            if self.transform is None:
+                image.load()
+                return image
+        except DECODE_ERRORS as error:
+            raise ImageDecodeError(str(error)) from error
+        return self.transform(image)
 
 
 @dataclass
@@ -99,23 +170,38 @@ class StreamedSplit:
     stream: datasets.IterableDataset
     length: int
     shuffle: bool
+    root: str | None = None
+    equal_shares: bool = False
 
-    def to_dataset(self, classes: list[str], transform: Any) -> StreamedImages:
+    def to_dataset(
+        self, classes: list[str], transform: Any, bad_images: BadImageLog | None = None
+    ) -> StreamedImages:
         """The torchvision dataset the DataLoader reads."""
-        return StreamedImages(self.stream, classes, self.length, self.shuffle, transform)
+        return StreamedImages(
+            self.stream,
+            classes,
+            self.length,
+            self.shuffle,
+            transform,
+            bad_images=bad_images,
+            root=self.root,
+            equal_shares=self.equal_shares,
+        )
 
 
 def build_catalog(data: Any, *, seed: int, train: bool) -> Catalog:
     """Class names from the ClassLabel feature, and each split as row samples or as a stream."""
     if not data.path:
         raise UsageError(
-            "data.source=hf needs data.path: a hub dataset name such as imagenet-1k, or a folder written by "
-            "DatasetDict.save_to_disk."
+            "data.source=hf needs data.path: a hub dataset name such as imagenet-1k, a local copy of a hub "
+            "repository (data/*.parquet), or a folder written by DatasetDict.save_to_disk."
         )
     wanted = [data.train_split, data.val_split] if train else [data.val_split]
     subset_from_stream = data.hf_streaming and wants_subset(data)
     if subset_from_stream:
-        splits = {name: cached_subset(data, name, seed=seed) for name in wanted}
+        splits = {
+            name: cached_subset(data, name, partial(open_stream, data, name), seed=seed) for name in wanted
+        }
     else:
         splits = open_splits(data, wanted)
     for name, split in splits.items():
@@ -134,11 +220,11 @@ def build_catalog(data: Any, *, seed: int, train: bool) -> Catalog:
 
 
 def open_splits(data: Any, names: list[str]) -> dict[str, Any]:
-    """The named splits: map-style from a saved folder, or from the hub (streams with ``data.hf_streaming``)."""
+    """The named splits of a saved folder (map-style), or from ``load_dataset`` (streams with ``hf_streaming``)."""
     import datasets
 
     location = expand_path(data.path)
-    if location.is_dir():
+    if any((location / marker).is_file() for marker in SAVED_MARKERS):
         saved = datasets.load_from_disk(str(location))
         if isinstance(saved, datasets.Dataset):
             raise UsageError(
@@ -147,108 +233,78 @@ def open_splits(data: Any, names: list[str]) -> dict[str, Any]:
             )
         _check_split_names(data, names, list(saved))
         return {name: saved[name] for name in names}
+    if location.is_dir():
+        return _load_splits(data, names, str(location), token=None)
     if data.path.startswith(("/", ".", "~")):
-        raise UsageError(f"data.path={data.path} is not a folder (a saved dataset) for data.source=hf.")
-    token = os.environ.get(data.hf_token_env) or None
-    try:
-        _check_split_names(data, names, datasets.get_dataset_split_names(data.path, token=token))
-        return {
-            name: datasets.load_dataset(data.path, split=name, streaming=data.hf_streaming, token=token)
-            for name in names
-        }
-    except datasets.exceptions.DatasetNotFoundError as error:
         raise UsageError(
-            f"Hugging Face dataset data.path={data.path} was not found or is gated: {error}. Check the name; for "
-            f"a gated dataset accept its terms on the hub and set {data.hf_token_env} (data.hf_token_env) to a "
-            "token with access."
-        ) from error
-
-
-def wants_subset(data: Any) -> bool:
-    """Whether any subset key is set."""
-    limits = (data.max_classes, data.max_samples_per_class)
-    return parse_subset_size(data.subset_size) is not None or any(v is not None for v in limits)
-
-
-def cached_subset(data: Any, name: str, *, seed: int) -> datasets.Dataset:
-    """Split ``name``'s subset, drawn from the stream on first use and saved under ``data.cache_dir``.
-
-    Local rank 0 writes it while the other processes of the machine wait; the write goes to a temporary folder
-    renamed into place, so an interrupted write leaves nothing to reuse.
-    """
-    import datasets
-
-    is_train = name == data.train_split
-    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", data.path).strip("-")
-    classes = f"classes{data.max_classes or 'all'}"
-    if is_train:
-        folder_name = (
-            f"{slug}-{name}-{classes}-size{data.subset_size}-cap{data.max_samples_per_class}-seed{seed}"
+            f"data.path={data.path} is not a folder. data.source=hf reads a folder (written by save_to_disk, or "
+            "a local copy of a hub repository) or a hub dataset name such as imagenet-1k."
         )
-    else:
-        folder_name = f"{slug}-{name}-{classes}"
-    cache_dir = expand_path(data.cache_dir)
-    folder = cache_dir / f"hf-v{SUBSET_VERSION}-{folder_name}"
-    with dist.run_local_rank_zero_first():
-        if not folder.is_dir():
-            write_subset(data, name, folder, seed=seed, is_train=is_train)
-    return datasets.load_from_disk(str(folder))
+    return _load_splits(data, names, data.path, token=os.environ.get(data.hf_token_env) or None)
 
 
-def write_subset(data: Any, name: str, folder: Path, *, seed: int, is_train: bool) -> None:
-    """Read split ``name`` as a stream and save the rows of the subset (images stay encoded, never re-encoded)."""
+def open_stream(data: Any, name: str) -> datasets.IterableDataset:
+    """Split ``name`` as a stream with its schema checked, for drawing a subset (a saved split becomes one)."""
     import datasets
 
     stream = open_splits(data, [name])[name]
     if isinstance(stream, datasets.Dataset):
         stream = stream.to_iterable_dataset()
     _check_schema(stream.features, f"split '{name}' of data.path={data.path}")
-    classes = stream.features["label"].names
-    if data.max_classes is not None and not 1 <= data.max_classes <= len(classes):
-        raise UsageError(
-            f"data.max_classes={data.max_classes} but data.path={data.path} has {len(classes)} classes; "
-            f"use 1 to {len(classes)} or null."
-        )
-    kept = data.max_classes or len(classes)
-    total, cap = parse_subset_size(data.subset_size), data.max_samples_per_class
-    quotas = None
-    if is_train and (total is not None or cap is not None):
-        # The stream's class sizes are unknown up front; every class is assumed to have enough images.
-        quotas = class_quotas({label: cap or total for label in range(kept)}, total)
-    stream = stream.select_columns(["image", "label"]).cast_column("image", datasets.Image(decode=False))
-    if is_train:
-        stream = stream.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
+    return stream
 
-    def rows() -> Iterator[dict[str, Any]]:
-        taken: Counter[int] = Counter()
-        wanted = None if quotas is None else sum(quotas.values())
-        for row in stream:
-            label = row["label"]
-            if label >= kept or (quotas is not None and taken[label] >= quotas[label]):
-                continue
-            taken[label] += 1
-            yield row
-            if wanted is not None and taken.total() == wanted:
-                return
 
-    print(f"Drawing split '{name}' of {data.path} into {folder} (once; later runs reuse it).", flush=True)
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=classes[:kept])}
-    )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+def _load_splits(data: Any, names: list[str], path: str, token: str | None) -> dict[str, Any]:
+    """Splits through ``load_dataset``, for a hub name or a local folder of data files laid out the same way."""
+    import datasets
+    from datasets.data_files import EmptyDatasetError
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import GatedRepoError
+
     try:
-        subset = datasets.Dataset.from_generator(
-            rows, features=features, cache_dir=str(temporary / "build"), fingerprint=folder.name
+        _check_split_names(data, names, datasets.get_dataset_split_names(path, token=token))
+        return {
+            name: datasets.load_dataset(path, split=name, streaming=data.hf_streaming, token=token)
+            for name in names
+        }
+    except (DatasetNotFoundError, GatedRepoError) as error:
+        raise UsageError(_hub_refusal(data, error, token_set=token is not None)) from error
+    except EmptyDatasetError as error:
+        raise UsageError(
+            f"data.path={data.path} holds no dataset: no dataset_dict.json (a DatasetDict.save_to_disk folder) "
+            f"and no data files laid out like a hub repository (data/train-00000-of-00001.parquet). {error}"
+        ) from error
+
+
+def _hub_refusal(data: Any, error: Exception, *, token_set: bool) -> str:
+    """Why the hub refused the dataset and the fix: gated (terms and token), or not found.
+
+    datasets turns huggingface_hub's ``GatedRepoError`` into ``DatasetNotFoundError`` ("... is a gated dataset on
+    the Hub"), keeping it as the cause; other calls can raise ``GatedRepoError`` itself.
+    """
+    from huggingface_hub.errors import GatedRepoError
+
+    variable = f"{data.hf_token_env} (data.hf_token_env)"
+    gated = next((e for e in (error, error.__cause__) if isinstance(e, GatedRepoError)), None)
+    if gated is None and "gated" not in str(error):
+        return (
+            f"Hugging Face dataset data.path={data.path} was not found on the hub ({error}). Check the name "
+            f"(imagenet-1k, or owner/name as on huggingface.co); a private dataset also needs a token in {variable}."
         )
-        subset.save_to_disk(str(temporary / "subset"))
-        try:
-            (temporary / "subset").rename(folder)
-        except OSError:
-            if not folder.is_dir():
-                raise  # not another machine sharing the cache finishing first: a real failure
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+    page = f"https://huggingface.co/datasets/{data.path}"
+    if not token_set:
+        return (
+            f"Hugging Face dataset {data.path} is gated and {variable} is not set. Accept its terms at {page} "
+            f"(logged in), create a read token at https://huggingface.co/settings/tokens and set "
+            f"{data.hf_token_env} to it."
+        )
+    status = getattr(getattr(gated, "response", None), "status_code", None)
+    reason = {401: " as invalid or expired", 403: ": its account has not been granted access"}.get(status, "")
+    return (
+        f"Hugging Face dataset {data.path} is gated and {variable} is set, but the hub rejected that token"
+        f"{reason}. Accept the terms at {page} with the account that owns the token, and check the token "
+        "(hf auth whoami)."
+    )
 
 
 def _check_split_names(data: Any, wanted: list[str], present: list[str]) -> None:
@@ -270,7 +326,11 @@ def _check_schema(features: Any, where: str) -> None:
         columns = ", ".join(
             f"{name} ({type(feature).__name__})" for name, feature in (features or {}).items()
         )
-        raise UsageError(f"The {where} needs {SCHEMA}; it has: {columns or 'no declared features'}.")
+        raise UsageError(
+            f"The {where} needs {SCHEMA}; it has: {columns or 'no declared features'}. Parquet files keep these "
+            "features when written by Dataset.to_parquet, or when the folder's README.md declares them "
+            "(dataset_info, as on the hub)."
+        )
 
 
 def _row_split(data: Any, name: str, split: datasets.Dataset) -> Split:
@@ -285,25 +345,31 @@ def _stream_split(data: Any, name: str, split: Any, seed: int) -> StreamedSplit:
     from datasets.distributed import split_dataset_by_node
 
     world_size = dist.get_world_size()
+    readers = world_size * max(1, data.num_workers)
     if isinstance(split, datasets.Dataset):
         total = len(split)
-        split = split.to_iterable_dataset(num_shards=min(total, world_size * max(1, data.num_workers)))
+        split = split.to_iterable_dataset(num_shards=min(total, readers))
     else:
         total = _streamed_size(split, name, data.path)
+        if split.num_shards < readers or split.num_shards % world_size:
+            # Parquet: a shard per row group instead of per file (why: see the module docstring).
+            split = split.reshard()
     stream = split.select_columns(["image", "label"])
     shuffle = name == data.train_split
     if shuffle:  # before splitting by node, with one seed, so every process agrees on the shard order
         stream = stream.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
     stream = split_dataset_by_node(stream, rank=dist.get_global_rank(), world_size=world_size)
-    return StreamedSplit(stream, total // world_size if shuffle else -(-total // world_size), shuffle)
+    length = total // world_size if shuffle else -(-total // world_size)
+    return StreamedSplit(stream, length, shuffle, root=f"{data.path}:{name}", equal_shares=world_size > 1)
 
 
 def _streamed_size(stream: Any, name: str, path: str) -> int:
-    """Rows in a hub split, from the dataset card's split info (a stream cannot be counted up front)."""
+    """Rows in a split, from the dataset card's split info (a stream cannot be counted up front)."""
     splits = stream.info.splits or {}
     if name not in splits or not splits[name].num_examples:
         raise UsageError(
-            f"data.path={path} does not declare how many rows split '{name}' has, which streaming needs for the "
-            "epoch length; set data.hf_streaming=false to download it instead."
+            f"data.path={path} does not declare how many rows split '{name}' has (dataset_info in its README.md "
+            "card), which streaming needs for the epoch length. Copy the hub's README.md beside the data files, "
+            "or set data.hf_streaming=false to read it without streaming."
         )
     return splits[name].num_examples

@@ -23,8 +23,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from data.file_index import cache_folder, index_folder
 from data.imagefolder import folder_catalog, labelled_files
-from data.samples import Catalog, Sample, Split, class_folders, list_images, open_image, require_path
+from data.samples import Catalog, Sample, Split, class_folders, open_image, require_path
 from recipes.errors import UsageError
 
 LAYOUT = (
@@ -47,17 +48,23 @@ def build_catalog(data: Any, *, seed: int, train: bool) -> Catalog:
     train_folder, val_folder = images / data.train_split, images / data.val_split
     if not val_folder.is_dir():
         raise UsageError(f"{val_folder} does not exist; expected {LAYOUT} under data.path={data.path}.")
+    index_cache = cache_folder(data)
     if class_folders(val_folder):
-        catalog = folder_catalog(train_folder, val_folder, train=train)
+        catalog = folder_catalog(train_folder, val_folder, train=train, index_cache=index_cache)
     else:
-        catalog = flat_val_catalog(root, train_folder, val_folder, train=train)
+        catalog = flat_val_catalog(root, train_folder, val_folder, train=train, index_cache=index_cache)
     catalog.classes = class_names(root / SYNSET_FILE, catalog.classes)
     return catalog
 
 
-def flat_val_catalog(root: Path, train_folder: Path, val_folder: Path, *, train: bool) -> Catalog:
-    """Train from wnid folders, val from a flat folder labelled by the solution or labels file."""
-    val_files = list_images(val_folder)
+def flat_val_catalog(
+    root: Path, train_folder: Path, val_folder: Path, *, train: bool, index_cache: Path | None
+) -> Catalog:
+    """Train from wnid folders, val from a flat folder labelled by the solution or labels file.
+
+    ``index_cache`` is the folder caching file listings (``data.file_index``); None lists the folders each time.
+    """
+    val_files = index_folder(val_folder, index_cache).images()
     if not val_files:
         raise UsageError(f"{val_folder} holds no images; expected {LAYOUT}.")
     labels = read_val_labels(root, [_image_id(path) for path in val_files])
@@ -86,7 +93,7 @@ def flat_val_catalog(root: Path, train_folder: Path, val_folder: Path, *, train:
         val_samples.append((path, index[wnid]))
     train_split = None
     if train:
-        train_split = Split(labelled_files(train_folder, wnids), open_image, str(train_folder))
+        train_split = Split(labelled_files(train_folder, wnids, index_cache), open_image, str(train_folder))
     return Catalog(wnids, train_split, Split(val_samples, open_image, str(val_folder)))
 
 

@@ -8,10 +8,12 @@ Classes are the sorted folder names (torchvision's order), and both splits must 
 
 from __future__ import annotations
 
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from data.samples import Catalog, Sample, Split, class_folders, list_images, open_image, require_path
+from data.file_index import cache_folder, index_folder
+from data.samples import Catalog, Sample, Split, class_folders, open_image, require_path
 from recipes.errors import UsageError
 
 LAYOUT = "{train}/<class>/*.jpg and {val}/<class>/*.jpg (one folder per class in each split)"
@@ -20,11 +22,18 @@ LAYOUT = "{train}/<class>/*.jpg and {val}/<class>/*.jpg (one folder per class in
 def build_catalog(data: Any, *, seed: int, train: bool) -> Catalog:
     """Classes and labelled image files from ``data.path``; ``seed`` is unused (the folders fix the split)."""
     root = require_path(data, LAYOUT.format(train=data.train_split, val=data.val_split))
-    return folder_catalog(root / data.train_split, root / data.val_split, train=train)
+    return folder_catalog(
+        root / data.train_split, root / data.val_split, train=train, index_cache=cache_folder(data)
+    )
 
 
-def folder_catalog(train_folder: Path, val_folder: Path, *, train: bool) -> Catalog:
-    """Catalog of two class-folder trees; eval-only builds read the train folder's class names, not its files."""
+def folder_catalog(
+    train_folder: Path, val_folder: Path, *, train: bool, index_cache: Path | None = None
+) -> Catalog:
+    """Catalog of two class-folder trees; eval-only builds read the train folder's class names, not its files.
+
+    ``index_cache`` is the folder caching file listings (``data.file_index``); None lists the folders each time.
+    """
     layout = LAYOUT.format(train=train_folder.name, val=val_folder.name)
     for folder, needed in ((train_folder, train), (val_folder, True)):
         if needed and not folder.is_dir():
@@ -44,23 +53,24 @@ def folder_catalog(train_folder: Path, val_folder: Path, *, train: bool) -> Cata
             f"only in train: {_few(only_train)}; only in val: {_few(only_val)}. "
             "Both splits need the same class folders, or labels would not mean the same class."
         )
-    return Catalog(
-        classes=classes,
-        train=Split(labelled_files(train_folder, classes), open_image, str(train_folder)) if train else None,
-        val=Split(labelled_files(val_folder, classes), open_image, str(val_folder)),
-    )
+    train_split = None
+    if train:
+        train_split = Split(labelled_files(train_folder, classes, index_cache), open_image, str(train_folder))
+    val_split = Split(labelled_files(val_folder, classes, index_cache), open_image, str(val_folder))
+    return Catalog(classes=classes, train=train_split, val=val_split)
 
 
-def labelled_files(folder: Path, classes: list[str]) -> list[Sample]:
+def labelled_files(folder: Path, classes: list[str], index_cache: Path | None) -> list[Sample]:
     """(image path, class index) for every image in ``folder/<class>/``; an empty class folder is an error."""
+    by_class = index_folder(folder, index_cache).images_by_subfolder()
     samples: list[Sample] = []
     for label, name in enumerate(classes):
-        files = list_images(folder / name)
+        files = by_class.get(name)
         if not files:
             raise UsageError(
                 f"{folder / name} holds no images (.jpg, .jpeg, .png, ...). Add images or remove the folder."
             )
-        samples += [(path, label) for path in files]
+        samples += zip(files, repeat(label))  # tuples made in C, not a Python step per image
     return samples
 
 

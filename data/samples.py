@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 from torchvision.datasets import VisionDataset
 
+from data.bad_images import DECODE_ERRORS, MAX_CONSECUTIVE_BAD, BadImageLog, ImageDecodeError
 from recipes.errors import UsageError
 
 # torchvision's IMG_EXTENSIONS, so a folder torchvision's ImageFolder reads is read the same way here.
@@ -38,21 +39,45 @@ class LabelledImages(VisionDataset):
         classes: list[str],
         transform: Callable | None = None,
         root: str | None = None,
+        bad_images: BadImageLog | None = None,
     ) -> None:
         super().__init__(root=root, transform=transform)
         self.samples = samples
         self.load = load
         self.classes = classes
+        self.bad_images = bad_images or BadImageLog(None, "fail")
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        sample, label = self.samples[index]
-        image = self.load(sample)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        """The transformed image and its label; an undecodable image is replaced by the next one (or fails)."""
+        for _ in range(MAX_CONSECUTIVE_BAD):
+            sample, label = self.samples[index]
+            try:
+                return self._decode(sample), label
+            except ImageDecodeError as error:
+                self.bad_images.handle(self.describe(sample), error)
+                index = (index + 1) % len(self.samples)
+        raise UsageError(
+            f"{MAX_CONSECUTIVE_BAD} images in a row could not be decoded (the last near sample {index} of "
+            f"{self.root}); see {self.bad_images.path}. The data itself is likely broken: check data.path."
+        )
+
+    def _decode(self, sample: Any) -> Any:
+        """Load and transform one sample; any decoding failure surfaces as ImageDecodeError."""
+        try:
+            image = self.load(sample)
+            if self.transform is None:
+                image.load()
+                return image
+        except DECODE_ERRORS as error:
+            raise ImageDecodeError(str(error)) from error
+        return self.transform(image)
+
+    def describe(self, sample: Any) -> str:
+        """A file path, or the row number within the split, for reports and errors."""
+        return sample if isinstance(sample, str) else f"{self.root} sample {sample}"
 
     @property
     def targets(self) -> list[int]:
@@ -69,9 +94,13 @@ class Split:
     # Shown in the dataset's repr and in error messages.
     root: str | None = None
 
-    def to_dataset(self, classes: list[str], transform: Callable) -> LabelledImages:
+    def to_dataset(
+        self, classes: list[str], transform: Callable, bad_images: BadImageLog | None = None
+    ) -> LabelledImages:
         """The torchvision dataset the DataLoader reads."""
-        return LabelledImages(self.samples, self.load, classes, transform, root=self.root)
+        return LabelledImages(
+            self.samples, self.load, classes, transform, root=self.root, bad_images=bad_images
+        )
 
 
 @dataclass
@@ -87,10 +116,12 @@ class Catalog:
 
 
 def open_image(path: str) -> Image.Image:
-    """Decode an image file completely, so the file is closed before the image is used (PIL opens lazily)."""
-    image = Image.open(path)
-    image.load()
-    return image
+    """Open an image file without decoding it: the transforms decode, at reduced scale where they can.
+
+    The first transform step always decodes (``ToRGB`` or a ``data.fast_transforms`` decode step), which also
+    closes the file.
+    """
+    return Image.open(path)
 
 
 def expand_path(path: str) -> Path:
@@ -113,14 +144,3 @@ def require_path(data: Any, layout: str) -> Path:
 def class_folders(folder: Path) -> list[str]:
     """Sorted names of the sub-folders, as torchvision orders classes; hidden ones (.ipynb_checkpoints) skipped."""
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-
-
-def list_images(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursively, following links, as torchvision does), in sorted order."""
-    found = []
-    for directory, subfolders, files in os.walk(folder, followlinks=True):
-        subfolders.sort()
-        found.extend(
-            os.path.join(directory, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)
-        )
-    return found

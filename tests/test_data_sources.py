@@ -13,14 +13,15 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from composer.core import DataSpec
 from omegaconf import OmegaConf
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from data import build_data, digits, hf
-from data.loaders import make_loader
-from data.transforms import train_transform
+from data import build_data, digits
+from data.fast_transforms import NormalizeBatch
 from recipes.errors import UsageError
-from recipes.schema import RecipeConfig
+from recipes.schema import IMAGENET_MEAN, IMAGENET_STD, RecipeConfig
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
 RESOLUTION = 16
@@ -41,10 +42,16 @@ def write_image(path: Path, label: int) -> None:
     Image.new("RGB", (24, 20), COLOURS[label]).save(path)
 
 
-def assert_batches_match_labels(loader, expected_images: int) -> None:
-    """Every batch is normalised RGB at RESOLUTION, and each image's strongest channel is its label."""
+def assert_batches_match_labels(data: DataSpec | DataLoader, expected_images: int) -> None:
+    """Every batch is normalised RGB at RESOLUTION, and each image's strongest channel is its label.
+
+    ``data`` is a bundle's DataSpec, or its DataLoader (the fast pipeline's uint8 batches normalised here).
+    """
+    if not isinstance(data, DataSpec):
+        data = DataSpec(data, batch_transforms=NormalizeBatch(IMAGENET_MEAN, IMAGENET_STD))
     seen = 0
-    for images, labels in loader:
+    for batch in data.dataloader:
+        images, labels = data.batch_transforms(batch)
         assert images.shape[1:] == (3, RESOLUTION, RESOLUTION)
         assert images.dtype == torch.float32
         assert images.min() < 0 < images.max()  # normalised, not 0..1
@@ -199,98 +206,15 @@ def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_hf_dataset(tmp_path_factory.mktemp("hf") / "saved")
 
 
-def test_hf_saved_dataset_yields_labelled_batches(tmp_path: Path, hf_folder: Path) -> None:
-    bundle = build_data(recipe(tmp_path, source="hf", path=str(hf_folder), val_split="validation"))
-    assert bundle.class_names == ["r", "g", "b"]
-    assert (bundle.train_size, bundle.val_size) == (12, 6)
-    assert_batches_match_labels(bundle.train.dataloader, 12)
-    assert_batches_match_labels(bundle.val, 6)
-
-
-def test_hf_streaming_reads_the_same_data(tmp_path: Path, hf_folder: Path) -> None:
-    config = recipe(tmp_path, source="hf", path=str(hf_folder), val_split="validation", hf_streaming=True)
-    bundle = build_data(config)
-    assert (bundle.train_size, bundle.val_size) == (12, 6)
-    assert len(bundle.train.dataloader) == 3
-    assert_batches_match_labels(bundle.train.dataloader, 12)
-    assert_batches_match_labels(bundle.val, 6)
-
-
-def test_hf_streaming_with_workers_reads_each_row_once_and_reshuffles(
-    tmp_path: Path, hf_folder: Path
-) -> None:
-    data = recipe(tmp_path, source="hf", path=str(hf_folder), val_split="validation", hf_streaming=True).data
-    data.num_workers = 2
-    catalog = hf.build_catalog(data, seed=0, train=True)
-    dataset = catalog.train.to_dataset(catalog.classes, train_transform(data))
-    # Built without build_data's DataSpec: Composer's DataSpec is a reference cycle, and a loader freed by the
-    # cycle collector waits 5 s per persistent worker to shut down. Each worker batches its own shard, so
-    # drop_last would drop a partial batch per worker.
-    loader = make_loader(dataset, 4, data, seed=0, shuffle=True, drop_last=False)
-    epochs = [[label for _, labels in loader for label in labels.tolist()] for _ in range(2)]
-    assert [sorted(epoch) for epoch in epochs] == [[0] * 4 + [1] * 4 + [2] * 4] * 2
-    assert epochs[0] != epochs[1]
-
-
-def test_hf_streamed_subset_is_drawn_once_into_the_cache(
-    tmp_path: Path, hf_folder: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = recipe(
-        tmp_path,
-        source="hf",
-        path=str(hf_folder),
-        val_split="validation",
-        hf_streaming=True,
-        subset_size="6",
-        max_classes=2,
-    )
-    bundle = build_data(config)
-    assert bundle.class_names == ["r", "g"]
-    assert Counter(bundle.train.dataloader.dataset.targets) == {0: 3, 1: 3}
-    assert bundle.val_size == 4  # every val image of the two kept classes
-    assert_batches_match_labels(bundle.train.dataloader, 4)
-    assert_batches_match_labels(bundle.val, 4)
-
-    def must_not_write(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the streamed subset was drawn again")
-
-    monkeypatch.setattr(hf, "write_subset", must_not_write)
-    assert build_data(config).train_size == 6
-
-
 def test_map_style_datasets_pickle_for_spawned_workers(tmp_path: Path, hf_folder: Path) -> None:
     for config in (
         recipe(tmp_path, source="hf", path=str(hf_folder), val_split="validation"),
         recipe(tmp_path, source="synthetic", num_classes=3),
     ):
-        dataset = build_data(config).val.dataset
+        dataset = build_data(config).val.dataloader.dataset
         image, label = pickle.loads(pickle.dumps(dataset))[1]
         assert image.shape == (3, RESOLUTION, RESOLUTION)
         assert label == dataset.samples[1][1]
-
-
-def test_hf_missing_split_lists_the_splits_there_are(tmp_path: Path, hf_folder: Path) -> None:
-    with pytest.raises(
-        UsageError, match=r"no split 'val' \(data\.val_split\); its splits are: train, validation"
-    ):
-        build_data(recipe(tmp_path, source="hf", path=str(hf_folder)))
-
-
-def test_hf_hub_name_reads_the_token_from_the_named_variable(
-    tmp_path: Path, hf_folder: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    saved = datasets.load_from_disk(str(hf_folder))
-    tokens = []
-    monkeypatch.setenv("MY_TOKEN", "secret")
-    monkeypatch.setattr(
-        datasets, "get_dataset_split_names", lambda name, token: tokens.append(token) or list(saved)
-    )
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, split, streaming, token: saved[split])
-    config = recipe(
-        tmp_path, source="hf", path="org/colours", val_split="validation", hf_token_env="MY_TOKEN"
-    )
-    assert build_data(config).val_size == 6
-    assert tokens == ["secret"]
 
 
 # synthetic
@@ -302,8 +226,8 @@ def test_synthetic_images_are_deterministic_and_sized(tmp_path: Path) -> None:
     )
     bundle = build_data(config)
     assert (bundle.num_classes, bundle.train_size, bundle.val_size) == (5, 12, 8)
-    first_images, first_labels = next(iter(bundle.val))
-    again_images, _ = next(iter(build_data(config).val))
+    first_images, first_labels = next(iter(bundle.val.dataloader))
+    again_images, _ = next(iter(build_data(config).val.dataloader))
     assert first_images.shape == (4, 3, RESOLUTION, RESOLUTION)
     assert first_labels.tolist() == [0, 1, 2, 3]
     assert torch.equal(first_images, again_images)
@@ -326,10 +250,10 @@ def test_digits_split_all_1797_scans_stratified(digits_recipe) -> None:
     assert bundle.train_size + bundle.val_size == 1797
     assert bundle.val_size == 360
     train_counts = Counter(bundle.train.dataloader.dataset.targets)
-    val_counts = Counter(bundle.val.dataset.targets)
+    val_counts = Counter(bundle.val.dataloader.dataset.targets)
     for digit in range(10):
         assert abs(val_counts[digit] - 0.2 * (train_counts[digit] + val_counts[digit])) <= 1
-    images, labels = next(iter(bundle.val))
+    images, labels = next(iter(bundle.val.dataloader))
     assert images.shape == (4, 3, RESOLUTION, RESOLUTION)
     assert labels.tolist() == [0, 0, 0, 0]
 
