@@ -108,7 +108,9 @@ def _decode_jpeg_torchvision(image: Image.Image) -> torch.Tensor | None:
     source.seek(0)
     try:
         return decode_jpeg(encoded, mode=ImageReadMode.RGB)
-    except RuntimeError:  # truncated, corrupt or an encoding it does not support: PIL decodes or names the error
+    except (
+        RuntimeError
+    ):  # truncated, corrupt or an encoding it does not support: PIL decodes or names the error
         return None
 
 
