@@ -7,9 +7,9 @@ over ``--folders`` class folders, named as ImageNet's (n01440764/n01440764_123.J
 so empty files list as fast as real ones. In one run it times the baseline, torchvision's ``ImageFolder(root)``
 construction, and what a start of ours does (class names plus labelled samples through ``data.file_index``):
 the first build (no index yet: walk and write it) and a cached start (read the index, re-stat the directories,
-make the samples). It also times reading the index alone (the cached start less one path string and one tuple
-per file, which any list of samples costs) and the bare walk on one thread, on ``file_index.WORKERS`` threads
-(one per core, at most 8) and on 8. Each figure is the median of three runs, all with the folder in the page
+set up the samples, which ``LabelledFiles`` makes only when each is read). It also times reading the index
+alone and the bare walk on one thread, on ``file_index.WORKERS`` threads
+(one per core, at most 8) and on 8. Each figure is the median of five runs, all with the folder in the page
 cache (it cannot be dropped here), so the walk figures are a lower bound for a cold disk or a network
 filesystem. Prints a table and the ratios; writes JSON with ``--output``.
 """
@@ -38,7 +38,7 @@ from data import file_index  # noqa: E402
 from data.imagefolder import labelled_files  # noqa: E402
 from data.samples import class_folders  # noqa: E402
 
-REPEATS = 3
+REPEATS = 5
 FIRST_WNID = 1440764  # n01440764, ImageNet's first class
 
 
@@ -131,7 +131,7 @@ def main() -> int:
     results.update(
         machine=f"{platform.machine()}, {os.cpu_count()} cores",
         load_average_1min=round(max(load_before, os.getloadavg()[0]), 2),
-        page_cache="warm for all runs (dropping it needs root on the host); median of 3 each",
+        page_cache="warm for all runs (not dropped on this shared machine); median of 5 each",
     )
 
     rows = [

@@ -5,7 +5,7 @@ recursive, following links, extensions matched case-insensitively, directories i
 order and the files of each sorted. The walk uses ``os.scandir``, whose entries carry the file type, so no file is
 stat'ed; the top-level sub-folders (the classes) are walked on a thread pool, as ``scandir`` releases the GIL
 while the kernel reads a directory: the reads of a cold disk or a network filesystem then overlap, and with
-the tree already in memory it is still a little faster than one thread (bench/file_index.py).
+the tree already in memory it is as fast as one thread (bench/file_index.py).
 
 The listing is saved under ``<data.cache_dir>/file-index/``, one JSON file per folder (named by a hash of its
 resolved path), with the modification time of every directory walked. A later start re-stats those directories
@@ -24,8 +24,12 @@ import os
 import sys
 import tempfile
 import time
+from array import array
+from bisect import bisect_right
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,7 +40,7 @@ from data.samples import IMAGE_EXTENSIONS, expand_path
 # Bump when the cache file's layout or the listing's rules change, so older files are rebuilt, not misread.
 VERSION = 1
 # Threads walking class folders at once: one per core, at most 8. More threads than cores queue for the GIL
-# (bench/file_index.py, 2 cores, warm cache: 2 threads 1.1x faster than one, 8 threads 0.7x).
+# (bench/file_index.py, 2 cores, warm cache: 2 threads 1.0-1.1x the speed of one, 8 threads 0.6-0.7x).
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 WORKERS = min(8, _CORES)
 # Joins a directory's image names, in memory and in the cache file: no file name can hold it (nor NUL).
@@ -72,11 +76,27 @@ class FileIndex:
 
     def images_by_subfolder(self) -> dict[str, list[str]]:
         """Image paths per top-level sub-folder, each in torchvision's per-class order ("" for the folder's own)."""
-        grouped: dict[str, list[str]] = {}
+        return {top: self._paths_of(directories) for top, directories in self._by_subfolder().items()}
+
+    def labelled(self, classes: list[str]) -> LabelledFiles:
+        """(path, label) samples of the class sub-folders, class by class, as ImageFolder's ``samples``."""
+        by_subfolder = self._by_subfolder()
+        groups = [
+            (os.path.join(self.folder, directory.relative, ""), directory.names, label)
+            for label, name in enumerate(classes)
+            for directory in by_subfolder.get(name, [])
+            if directory.names
+        ]
+        return LabelledFiles(groups)
+
+    def _by_subfolder(self) -> dict[str, list[Directory]]:
+        grouped: dict[str, list[Directory]] = {}
         for directory in self.directories:
-            top = directory.relative.split(os.sep, 1)[0]
-            grouped.setdefault(top, []).extend(self._paths(directory))
+            grouped.setdefault(directory.relative.split(os.sep, 1)[0], []).append(directory)
         return grouped
+
+    def _paths_of(self, directories: list[Directory]) -> list[str]:
+        return [path for directory in directories for path in self._paths(directory)]
 
     def _paths(self, directory: Directory) -> list[str]:
         """Full paths as os.path.join makes them, built in two C-level passes rather than a Python step per file."""
@@ -85,6 +105,55 @@ class FileIndex:
         prefix = os.path.join(self.folder, directory.relative, "")
         # "a/b" becomes "<prefix>a\0<prefix>b", split at the NUL (which no path holds).
         return (prefix + directory.names.replace(NAME_SEPARATOR, "\0" + prefix)).split("\0")
+
+
+class LabelledFiles(Sequence):
+    """(path, label) samples of an indexed folder, each made when it is read.
+
+    A cached start of ImageNet then costs reading the index, not making 1.28M path strings and tuples up front
+    (most of a cached start's time otherwise; bench/file_index.py), and the samples pickle small for spawned
+    DataLoader workers. ``groups`` are (directory path ending in a separator, NAME_SEPARATOR-joined names, label);
+    a group's name offsets (4 bytes per name) are worked out on its first read.
+    """
+
+    def __init__(self, groups: list[tuple[str, str, int]]) -> None:
+        self.groups = groups
+        self.ends = list(accumulate(names.count(NAME_SEPARATOR) + 1 for _, names, _ in groups))
+        self._starts: dict[int, array] = {}
+
+    def __len__(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def __getitem__(self, index: int) -> tuple[str, int]:  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[position] for position in range(*index.indices(len(self)))]  # type: ignore[return-value]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} of {len(self)}")
+        group = bisect_right(self.ends, index)
+        prefix, names, label = self.groups[group]
+        position = index - (self.ends[group - 1] if group else 0)
+        starts = self._starts.get(group)
+        if starts is None:
+            starts = self._starts[group] = array(
+                "I", accumulate((len(n) + 1 for n in names.split(NAME_SEPARATOR)), initial=0)
+            )
+        return prefix + names[starts[position] : starts[position + 1] - 1], label
+
+    def labels(self) -> list[int]:
+        """Every sample's label, without making the samples."""
+        labels: list[int] = []
+        for (_, _, label), end, start in zip(self.groups, self.ends, [0, *self.ends], strict=False):
+            labels += [label] * (end - start)
+        return labels
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, (list, LabelledFiles)) and len(self) == len(other) and list(self) == list(other)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def cache_folder(data: Any) -> Path | None:

@@ -8,12 +8,11 @@ Classes are the sorted folder names (torchvision's order), and both splits must 
 
 from __future__ import annotations
 
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from data.file_index import cache_folder, index_folder
-from data.samples import Catalog, Sample, Split, class_folders, open_image, require_path
+from data.file_index import LabelledFiles, cache_folder, index_folder
+from data.samples import Catalog, Split, class_folders, open_image, require_path
 from recipes.errors import UsageError
 
 LAYOUT = "{train}/<class>/*.jpg and {val}/<class>/*.jpg (one folder per class in each split)"
@@ -60,17 +59,15 @@ def folder_catalog(
     return Catalog(classes=classes, train=train_split, val=val_split)
 
 
-def labelled_files(folder: Path, classes: list[str], index_cache: Path | None) -> list[Sample]:
+def labelled_files(folder: Path, classes: list[str], index_cache: Path | None) -> LabelledFiles:
     """(image path, class index) for every image in ``folder/<class>/``; an empty class folder is an error."""
-    by_class = index_folder(folder, index_cache).images_by_subfolder()
-    samples: list[Sample] = []
+    samples = index_folder(folder, index_cache).labelled(classes)
+    present = {label for _, _, label in samples.groups}
     for label, name in enumerate(classes):
-        files = by_class.get(name)
-        if not files:
+        if label not in present:
             raise UsageError(
                 f"{folder / name} holds no images (.jpg, .jpeg, .png, ...). Add images or remove the folder."
             )
-        samples += zip(files, repeat(label))  # tuples made in C, not a Python step per image
     return samples
 
 

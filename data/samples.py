@@ -82,7 +82,8 @@ class LabelledImages(VisionDataset):
     @property
     def targets(self) -> list[int]:
         """Labels in sample order, under torchvision's name for them."""
-        return [label for _, label in self.samples]
+        labels = getattr(self.samples, "labels", None)  # an indexed folder lists them without making samples
+        return labels() if labels is not None else [label for _, label in self.samples]
 
 
 @dataclass

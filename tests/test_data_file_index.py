@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,15 @@ def test_other_local_ranks_read_but_never_write(
     monkeypatch.setattr(file_index.dist, "get_local_rank", lambda: 1)
     assert samples(tree, cache) == ImageFolder(str(tree)).samples
     assert not cache.exists()
+
+
+def test_samples_are_made_on_read_and_behave_like_the_list(tree: Path, tmp_path: Path) -> None:
+    lazy = labelled_files(tree, class_folders(tree), tmp_path / "cache")
+    reference = ImageFolder(str(tree)).samples
+    assert len(lazy) == len(reference)
+    assert [lazy[i] for i in range(len(lazy))] == reference
+    assert lazy[-1] == reference[-1] and lazy[1:4] == reference[1:4]
+    assert lazy.labels() == [label for _, label in reference]
+    with pytest.raises(IndexError):
+        lazy[len(reference)]
+    assert pickle.loads(pickle.dumps(lazy)) == reference  # what spawned DataLoader workers receive
