@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/smoke-default
 
-.PHONY: train test install lint bench-smoke clean
+.PHONY: train test install lint bench-smoke bench-data bench-index clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ lint: install
 
 bench-smoke: install
 	$(PY) bench/smoke_recipe.py --output bench/results/smoke_recipe.json
+
+bench-data: install
+	$(PY) bench/data_pipeline.py --output bench/results/data_pipeline.json
+
+bench-index: install
+	$(PY) bench/file_index.py --output bench/results/file_index.json
 
 clean:
 	rm -rf runs .pytest_cache
