@@ -17,11 +17,14 @@ from composer import Evaluator, Trainer
 from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
+from algorithms.checkpointing import build_checkpointing, check_autoresume
 from algorithms.optimization import build_optimizer, build_scheduler
+from algorithms.preemption import PREEMPTED_EXIT_STATUS, ExactResume, Preempted, Preemption
 from algorithms.registry import build_algorithms
 from algorithms.run_logging import VALIDATION_LABEL, build_callbacks, build_loggers
 from algorithms.run_summary import build_summary, format_summary, write_summary
 from data import build_data
+from data.resumable_sampler import skips_seen_batches
 from model import build_model
 from recipes.errors import UsageError, user_message
 from recipes.loading import load_recipe, recipe_to_yaml, resolve_recipe_path
@@ -55,12 +58,16 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
     runtime = resolve_runtime(config)
     start_distributed(runtime.device)
     reproducibility.seed_all(config.seed)
+    check_autoresume(config)
     run_name = agree_on_run_name(config.run_name, recipe_path.stem)
     config.run_name = run_name
     save_folder = config.save_folder.replace("{run_name}", run_name)
     output_folder = Path("runs") / run_name if save_folder.startswith("s3://") else Path(save_folder)
     for note in runtime.notes:
         say(f"note: {note}")
+    checkpoints = build_checkpointing(config, run_name, output_folder)
+    for line in checkpoints.notes:
+        say(line)
 
     data = build_data(config, device=runtime.device, bad_image_list=output_folder / "bad_images.tsv")
     model = build_model(config.model, data.num_classes)
@@ -80,6 +87,7 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
         output_folder.mkdir(parents=True, exist_ok=True)
         (output_folder / "recipe.yaml").write_text(recipe_to_yaml(config), encoding="utf-8")
 
+    preemption = Preemption()
     trainer = Trainer(
         model=model,
         train_dataloader=data.train,
@@ -90,25 +98,23 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
         schedulers=scheduler,
         step_schedulers_every_batch=True,
         algorithms=algorithms,
-        loggers=loggers,
-        callbacks=build_callbacks(runtime.device),
+        loggers=[*loggers, *checkpoints.loggers],
+        callbacks=[*build_callbacks(runtime.device), preemption, ExactResume(), checkpoints.saver],
         run_name=run_name,
         progress_bar=config.logging.progress_bar,
         log_to_console=config.logging.log_to_console,
         console_log_interval=config.logging.console_log_interval,
-        save_folder=save_folder,
-        save_interval=config.save_interval,
-        save_num_checkpoints_to_keep=config.save_num_checkpoints_to_keep,
-        save_overwrite=config.save_overwrite,
-        autoresume=config.autoresume,
+        load_path=checkpoints.load_path,
         device=runtime.device,
         precision=runtime.precision,
         device_train_microbatch_size=runtime.device_train_microbatch_size,
         compile_config=runtime.compile_config,
         seed=config.seed,
         deterministic_mode=config.deterministic,
+        spin_dataloaders=not skips_seen_batches(data.train.dataloader),
     )
     trainer.fit()
+    preemption.raise_if_preempted(trainer, save_folder, autoresume=config.autoresume)
     trainer.eval()
     summary = build_summary(
         trainer,
@@ -126,6 +132,8 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
             "device": runtime.device,
             "precision": runtime.precision,
             "world_size": runtime.world_size,
+            "per_device_batch_size": runtime.per_device_batch_size,
+            "device_train_microbatch_size": runtime.device_train_microbatch_size,
             "bad_images": len(data.bad_images.entries()),
         },
     )
@@ -139,7 +147,8 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: exit status 0 on success, 2 on a usage error (with the message, not a traceback)."""
+    """Entry point: exit status 0 on success, 2 on a usage error (with the message, not a traceback), 75 when
+    stopped by SIGTERM after saving a checkpoint (relaunch to resume; scripts/run_until_done.sh does)."""
     args = parse_args(argv)
     silence_expected_warnings()
     try:
@@ -151,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        say(str(stop))
+        return PREEMPTED_EXIT_STATUS
     return 0
 
 

@@ -7,8 +7,8 @@ sets the size the fast pipeline's RandomResizedCrop produces, once per epoch, so
 the small size and large crops are decoded at reduced JPEG scale. Recipes name it ``data_progressive_resizing``
 in place of ``progressive_resizing``; it needs ``data.pipeline=fast``.
 
-The size changes only at epoch starts, when no worker is producing batches, so every batch has one size; the
-size lives in shared memory, so persistent workers see it. Eval images keep ``data.eval_resolution``.
+The size changes only at the start of training and of each epoch, when no worker is producing batches, so every
+batch has one size; the size lives in shared memory, so persistent workers see it. Eval images keep ``data.eval_resolution``.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ class DataProgressiveResizing(Algorithm):
         self.full_resolution: int | None = None
 
     def match(self, event: Event, state: State) -> bool:
-        return event == Event.EPOCH_START
+        # FIT_START too: a run resumed mid-epoch trains the rest of that epoch at the size scheduled for it.
+        return event in (Event.FIT_START, Event.EPOCH_START)
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         resolution = self._resolution(state)

@@ -3,6 +3,7 @@
 Composer logs ``metrics/val/acc1``, ``loss/train/total`` and ``lr-DecoupledSGDW/group0``; people and the tools
 built on this project read ``val/acc1``, ``train/loss`` and ``lr``. ``StableMetricNames`` logs those names to
 every destination (console, wandb, the file); ``MetricsFile`` writes one JSON line per logged step or eval.
+Under DDP, ``RankZeroBuffers`` makes the reported validation metrics those of rank 0's (checkpointed) weights.
 """
 
 from __future__ import annotations
@@ -43,13 +44,32 @@ class StableMetricNames(Callback):
     """Logs ``train/loss``, ``train/acc1``, ``lr`` each batch and ``val/acc1``, ``val/acc5``, ``val/loss`` per eval."""
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        metrics = {"train/loss": _as_float(state.loss), "lr": state.optimizers[0].param_groups[0]["lr"]}
+        # Composer's total is the batch's mean over every rank and microbatch; `state.loss` is only this rank's
+        # last microbatch (trainer.py `_train_loop`, composer 0.32.1).
+        loss = state.total_loss_dict.get("loss/train/total", state.loss)
+        metrics = {"train/loss": _as_float(loss), "lr": state.optimizers[0].param_groups[0]["lr"]}
         if "acc1" in state.train_metric_values:
             metrics["train/acc1"] = _as_float(state.train_metric_values["acc1"])
         logger.log_metrics(metrics)
 
     def eval_end(self, state: State, logger: Logger) -> None:
         logger.log_metrics(validation_metrics(state))
+
+
+class RankZeroBuffers(Callback):
+    """Gives every rank rank 0's buffers (BatchNorm running statistics) before each evaluation.
+
+    DDP keeps parameters identical, but each rank updates its BatchNorm running statistics from its own shard,
+    and rank 0's are re-broadcast only at the start of the next training forward. Composer evaluates through
+    the unwrapped model (``Trainer._original_model.eval_forward``, composer 0.32.1), so without this each rank
+    scores its part of the validation set with different statistics, and the reported metrics are not those
+    of the weights rank 0 checkpoints. Runs after the algorithms, so EMA's swapped-in buffers are the ones sent.
+    """
+
+    def eval_start(self, state: State, logger: Logger) -> None:
+        if dist.get_world_size() > 1:
+            for buffer in state.model.buffers():
+                dist.broadcast(buffer, src=0)
 
 
 class MetricsFile(LoggerDestination):
@@ -151,10 +171,12 @@ def build_loggers(
 
 
 def build_callbacks(device: str) -> list[Callback]:
-    """Stable metric names and throughput always; GPU memory when on a GPU."""
+    """Stable metric names and throughput always; rank 0's buffers under DDP; GPU memory when on a GPU."""
     from composer.callbacks import MemoryMonitor, SpeedMonitor
 
     callbacks: list[Callback] = [StableMetricNames(), SpeedMonitor(window_size=50)]
+    if dist.get_world_size() > 1:
+        callbacks.insert(0, RankZeroBuffers())
     if device == "gpu":
         callbacks.append(MemoryMonitor())
     return callbacks

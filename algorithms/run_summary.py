@@ -5,17 +5,25 @@ Composer keeps these numbers spread over its state and loggers; a person compari
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from composer import Trainer
 from composer.utils import dist
 
 from algorithms.optimization import LearningRatePlan
 from algorithms.registry import enabled_algorithms
 from algorithms.run_logging import MetricsFile, validation_metrics
+
+DIVERGED_WARNING = (
+    "  warning: the DDP ranks ended with different parameters (parameters_sha256_by_rank in summary.json); "
+    "rank 0's checkpoint is what was saved"
+)
 
 
 def build_summary(
@@ -50,11 +58,31 @@ def build_summary(
         "throughput/samples_per_sec": round(samples / train_seconds, 2) if train_seconds else math.nan,
         "lr": lr_plan.lr,
         "lr_rule": lr_plan.describe(),
+        "parameters_sha256_by_rank": parameters_digest_by_rank(trainer.state.model),
         **extra,
     }
     return {
         k: (v if not (isinstance(v, float) and not math.isfinite(v)) else str(v)) for k, v in summary.items()
     }
+
+
+def weights_digest(tensors: Iterable[torch.Tensor]) -> str:
+    """SHA-256 of the tensors' bytes in order (names left out, so wrapper prefixes do not matter)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def parameters_digest_by_rank(model: torch.nn.Module) -> list[str]:
+    """Every rank's digest of its final parameters, gathered on all ranks (call it on every rank).
+
+    DDP replicas must end with identical parameters; equal digests show they did, and one digest compares two
+    runs bit for bit. Buffers are left out: each rank keeps its own BatchNorm running statistics by design
+    (DDP broadcasts rank 0's before each training forward, ``RankZeroBuffers`` before each evaluation).
+    """
+    digests = dist.all_gather_object(weights_digest(model.parameters()))
+    return [str(digest) for digest in digests]
 
 
 def write_summary(folder: str | Path, summary: dict[str, Any]) -> Path:
@@ -70,7 +98,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     keys = ["val/acc1", "val/acc5", "val/loss", "train/loss", "weights_evaluated", "epochs", "wall_time_s"]
     keys += ["throughput/samples_per_sec"]
     width = max(len(k) for k in keys)
-    lines = [
+    lines = [] if len(set(summary.get("parameters_sha256_by_rank", []))) <= 1 else [DIVERGED_WARNING]
+    lines += [
         f"  {k:<{width}}  {summary[k]:.4f}"
         if isinstance(summary.get(k), float)
         else f"  {k:<{width}}  {summary.get(k)}"

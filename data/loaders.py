@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from data import digits, hf, ilsvrc, imagefolder, synthetic
 from data.bad_images import BadImageLog
+from data.resumable_sampler import ResumableSampler
 from data.samples import Catalog
 from data.subsets import subset_catalog
 from data.transforms import batch_transform, eval_transform, train_transform
@@ -104,12 +108,14 @@ def build_data(
 def make_loader(
     dataset: Dataset, batch_size: int, data: Any, *, seed: int, shuffle: bool, drop_last: bool
 ) -> DataLoader:
-    """A DataLoader reading this process's share (Composer's DistributedSampler), seeded for reproducible runs."""
+    """A DataLoader reading this process's share (``ResumableSampler``), seeded for reproducible, resumable runs."""
     streamed = isinstance(dataset, IterableDataset)
     workers = data.num_workers
-    sampler = None if streamed else dist.get_sampler(dataset, shuffle=shuffle, drop_last=drop_last, seed=seed)
-    # Worker RNGs (torch, random, numpy: the augmentations) derive from this generator; per rank, so processes
-    # augment differently.
+    # Map-style data: Composer's DistributedSampler order and shares, able to start a resumed epoch part-way, and
+    # each sample seeded from (seed, epoch, index) rather than from a worker's RNG (data.resumable_sampler).
+    sampler = None if streamed else ResumableSampler(dataset, shuffle=shuffle, drop_last=drop_last, seed=seed)
+    # A streamed dataset still augments from the worker RNGs (torch, random, numpy), derived from this generator;
+    # per rank, so processes augment differently.
     generator = torch.Generator().manual_seed(seed + dist.get_global_rank())
     return DataLoader(
         dataset,
@@ -122,7 +128,30 @@ def make_loader(
         persistent_workers=workers > 0 and (data.persistent_workers or (streamed and shuffle)),
         prefetch_factor=data.prefetch_factor if workers > 0 else None,
         generator=generator,
+        worker_init_fn=leave_sigterm_to_the_trainer,
     )
+
+
+def leave_sigterm_to_the_trainer(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a worker drops a SIGTERM that its parent did not send.
+
+    systemd at shutdown and Slurm's scancel signal every process of a job, DataLoader workers included. PyTorch's
+    worker handler dies on a SIGTERM from anyone but its parent, and the trainer then fails ("DataLoader worker
+    exited unexpectedly") before it can checkpoint at the next batch boundary (``algorithms.preemption``). Here
+    the signal is blocked and one thread waits for it: from the parent, which is shutting its workers down, the
+    worker exits as PyTorch's handler would; from anyone else it is dropped, and the worker ends with its parent.
+    """
+    if not hasattr(signal, "sigwaitinfo"):  # not on macOS: keep PyTorch's handler
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def exit_when_the_parent_asks() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=exit_when_the_parent_asks, name="sigterm-from-parent", daemon=True).start()
 
 
 def _check_loader_settings(data: Any) -> None:

@@ -17,6 +17,7 @@ from PIL import Image
 from torchvision.datasets import VisionDataset
 
 from data.bad_images import DECODE_ERRORS, MAX_CONSECUTIVE_BAD, BadImageLog, ImageDecodeError
+from data.resumable_sampler import SampleKey, seeded
 from recipes.errors import UsageError
 
 # torchvision's IMG_EXTENSIONS, so a folder torchvision's ImageFolder reads is read the same way here.
@@ -51,7 +52,18 @@ class LabelledImages(VisionDataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        """The transformed image and its label; an undecodable image is replaced by the next one (or fails)."""
+        """The transformed image and its label; an undecodable image is replaced by the next one (or fails).
+
+        An index from ``ResumableSampler`` (a ``SampleKey``) seeds the augmentation from (seed, epoch, index), so
+        the sample looks the same whichever worker reads it and whether or not earlier samples were skipped.
+        """
+        if isinstance(index, SampleKey):
+            with seeded(index.seed):
+                return self._load_replacing_bad(int(index))
+        return self._load_replacing_bad(index)
+
+    def _load_replacing_bad(self, index: int) -> tuple[Any, int]:
+        """Decode and transform sample ``index``, replacing an undecodable image by the next one (or failing)."""
         for _ in range(MAX_CONSECUTIVE_BAD):
             sample, label = self.samples[index]
             try:

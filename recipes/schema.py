@@ -151,6 +151,11 @@ class RecipeConfig:
     seed: int = 17
     # Local folder or s3://bucket/prefix; "{run_name}" is filled in by Composer.
     save_folder: str = "runs/{run_name}"
+    # Endpoint of an S3-compatible store (MinIO, R2, ...) for an s3:// save_folder; None: S3_ENDPOINT_URL or
+    # AWS_ENDPOINT_URL if set, else AWS.
+    s3_endpoint_url: str | None = None
+    # Region of the s3:// save_folder's bucket; None: AWS_DEFAULT_REGION or the AWS config file.
+    s3_region: str | None = None
     save_interval: str = "1ep"
     # Checkpoints kept in save_folder; -1 keeps all.
     save_num_checkpoints_to_keep: int = 3

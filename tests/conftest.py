@@ -1,12 +1,27 @@
-"""Shared fixtures: one real smoke-recipe training run, reused by the tests that check its outputs."""
+"""Shared fixtures: one real smoke-recipe run reused by the tests of its outputs, and an S3 server on loopback."""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+FAKE_AWS_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+DEVELOPER_AWS_SETTINGS = (
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "S3_ENDPOINT_URL",
+)
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +43,28 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, digits_cache: Path) -> d
     assert status == 0
     summary = json.loads((folder / "summary.json").read_text())
     return {"folder": folder, "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on a free loopback port, shared by the session (each test uses its own buckets or paths)."""
+    from moto.server import ThreadedMotoServer
+
+    # One log line per request drowns a failure's output.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Dummy credentials, and nothing from the developer's own AWS set-up (profile, endpoint, config files)."""
+    for name, value in FAKE_AWS_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    for name in DEVELOPER_AWS_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))

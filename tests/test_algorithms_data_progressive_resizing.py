@@ -99,3 +99,4 @@ def test_same_arguments_as_composers_version() -> None:
     composers = set(inspect.signature(ProgressiveResizing).parameters) - {"mode", "resize_targets"}
     assert ours == composers - {"input_key", "target_key"}
     assert DataProgressiveResizing().match(Event.EPOCH_START, None)  # type: ignore[arg-type]
+    assert DataProgressiveResizing().match(Event.FIT_START, None)  # type: ignore[arg-type]  # mid-epoch resume

@@ -1,10 +1,16 @@
-"""Loader wiring: the source registry, batch sizes over processes, DataLoader settings, reproducible order."""
+"""Loader wiring: the source registry, batch sizes over processes, DataLoader settings, reproducible order,
+resumable epochs with per-sample augmentation seeds, and workers that leave SIGTERM to the trainer."""
 
 from __future__ import annotations
 
+import random
+import subprocess
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from composer.algorithms.randaugment import RandAugmentTransform
 from composer.utils import add_vision_dataset_transform, dist
 from omegaconf import OmegaConf
@@ -12,6 +18,7 @@ from torch.utils.data import DistributedSampler
 from torchvision.datasets import VisionDataset
 
 from data import SOURCES, build_data
+from data.resumable_sampler import ResumableSampler, SampleKey, sample_seed, skips_seen_batches
 from recipes.errors import UsageError
 from recipes.schema import RecipeConfig
 
@@ -141,3 +148,89 @@ def _tiny_digits(folder: Path) -> None:
             (folder / split / digit).mkdir(parents=True)
             for index in range(4):
                 Image.new("RGB", (8, 8)).save(folder / split / digit / f"{index}.jpg")
+
+
+def augmenting_recipe(**data: object):
+    """Synthetic images with ImageNet's crop scale and flips, so every read draws random numbers."""
+    return synthetic_recipe(data={"crop_scale": [0.08, 1.0], "horizontal_flip": True, **data})
+
+
+def epoch_batches(loader, epoch: int) -> list[torch.Tensor]:
+    """Every image batch of one epoch, as Composer iterates it (set_epoch, then a pass)."""
+    loader.sampler.set_epoch(epoch)
+    return [images for images, _ in loader]
+
+
+def test_a_resumed_epoch_starts_after_the_seen_samples_once() -> None:
+    loader = build_data(synthetic_recipe()).train.dataloader
+    sampler = loader.sampler
+    assert isinstance(sampler, ResumableSampler) and skips_seen_batches(loader)
+    sampler.set_epoch(3)
+    whole = [int(index) for index in sampler]
+    sampler.start_epoch_at(3, 8)
+    assert [int(index) for index in sampler] == whole[8:]
+    assert [int(index) for index in sampler] == whole  # the next pass is whole again
+    sampler.start_epoch_at(2, 8)  # meant for another epoch: ignored
+    assert [int(index) for index in sampler] == whole
+    assert (
+        len(sampler) == 16 and len(loader) == 4
+    )  # Composer counts an epoch's batches against the whole share
+
+
+def test_a_sample_looks_the_same_whatever_the_worker_count_or_the_skip() -> None:
+    # Workers that end with the epoch: a persistent one left to the garbage collector holds up the next test 5 s.
+    bundles = [build_data(augmenting_recipe(num_workers=n, persistent_workers=False)) for n in (0, 1)]
+    for bundle in bundles:  # Composer's RandAugment draws from numpy
+        add_vision_dataset_transform(bundle.train.dataloader.dataset, RandAugmentTransform(), False)
+    in_main, in_worker = (epoch_batches(bundle.train.dataloader, 1) for bundle in bundles)
+    assert all(torch.equal(a, b) for a, b in zip(in_main, in_worker, strict=True))
+    loader = bundles[0].train.dataloader
+    loader.sampler.start_epoch_at(1, 4)  # skip the first batch
+    resumed = epoch_batches(loader, 1)
+    assert len(resumed) == 3 and all(torch.equal(a, b) for a, b in zip(resumed, in_main[1:], strict=True))
+
+
+def test_every_epoch_augments_a_sample_anew() -> None:
+    dataset = build_data(augmenting_recipe()).train.dataloader.dataset
+    first, again, next_epoch = (dataset[SampleKey(5, sample_seed(17, epoch, 5))][0] for epoch in (0, 0, 1))
+    assert torch.equal(first, again) and not torch.equal(first, next_epoch)
+
+
+def test_processes_read_different_samples_so_they_augment_differently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    keys = []
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "get_global_rank", lambda rank=rank: rank)
+        sampler = build_data(synthetic_recipe(global_batch_size=8)).train.dataloader.sampler
+        keys.append({(int(key), key.seed) for key in sampler})
+    indices = [{index for index, _ in share} for share in keys]
+    seeds = [{seed for _, seed in share} for share in keys]
+    assert not indices[0] & indices[1] and not seeds[0] & seeds[1]
+
+
+def test_loading_in_the_main_process_leaves_the_training_rng_where_it_was() -> None:
+    loader = build_data(augmenting_recipe()).train.dataloader
+    np.random.seed(1)
+    np.random.standard_normal()  # leaves numpy's cached second gaussian pending, as MixUp's beta draws do
+    expected = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    epoch_batches(loader, 0)
+    torch_state, numpy_state, python_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    assert torch.equal(torch_state, expected[0]) and python_state == expected[2]
+    assert all(np.array_equal(a, b) for a, b in zip(numpy_state, expected[1], strict=True))
+
+
+def test_a_worker_ignores_an_outside_sigterm_and_stops_when_its_parent_asks() -> None:
+    loader = build_data(synthetic_recipe(data={"num_workers": 1})).train.dataloader
+    batches = iter(loader)
+    next(batches)
+    worker = batches._workers[0]
+    # From another process, as systemd or Slurm signal every process of the job.
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+    time.sleep(0.5)
+    assert worker.is_alive()
+    assert len(list(batches)) == len(loader) - 1  # and the epoch goes on
+    worker.terminate()  # what the DataLoader does to a worker that does not stop by itself
+    worker.join(timeout=10)
+    assert worker.exitcode == 0

@@ -3,56 +3,26 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 import random
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from boto3.s3.transfer import TransferConfig
-from moto.server import ThreadedMotoServer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sync_s3.py"
 _spec = importlib.util.spec_from_file_location("sync_s3", SCRIPT)
 sync_s3 = sys.modules["sync_s3"] = importlib.util.module_from_spec(_spec)  # dataclasses look the module up
 _spec.loader.exec_module(sync_s3)
 
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+pytestmark = pytest.mark.usefixtures("aws_env")  # dummy credentials, nothing from ~/.aws
+
 PREFIX = "imagenet"
 BIG = "extras/ILSVRC2012_bbox_train_v2.tar.gz"  # uploaded multipart, so its ETag ends in '-3'
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    """A moto S3 server on a free loopback port, shared by the module (each test uses its own paths)."""
-    logging.getLogger("werkzeug").setLevel(
-        logging.WARNING
-    )  # one log line per request drowns a failure's output
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Dummy credentials, and nothing from the developer's own AWS set-up."""
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
 
 
 def s3(endpoint: str) -> Any:
@@ -92,11 +62,11 @@ def imagenet_like_files(seed: int = 0) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def imagenet(endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+def imagenet(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """The read-only bucket 'imagenet' shared by the tests that do not change S3; returns relative path -> bytes."""
     files = imagenet_like_files()
-    make_bucket(endpoint, "imagenet", files, tmp_path_factory.mktemp("upload"))
-    assert "-" in s3(endpoint).head_object(Bucket="imagenet", Key=f"{PREFIX}/{BIG}")["ETag"]
+    make_bucket(s3_endpoint, "imagenet", files, tmp_path_factory.mktemp("upload"))
+    assert "-" in s3(s3_endpoint).head_object(Bucket="imagenet", Key=f"{PREFIX}/{BIG}")["ETag"]
     return files
 
 
@@ -124,31 +94,31 @@ def local_files(destination: Path) -> dict[str, bytes]:
 
 
 def test_full_sync_copies_every_object_to_its_relative_path(
-    endpoint: str, imagenet: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    s3_endpoint: str, imagenet: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert sync(endpoint, tmp_path / "data") == 0
+    assert sync(s3_endpoint, tmp_path / "data") == 0
     assert local_files(tmp_path / "data") == imagenet  # no marker, no sibling prefix, byte-identical
     assert counts(capsys.readouterr().out) == (len(imagenet), 0, 0)
 
 
 def test_second_sync_downloads_nothing_and_leaves_files_untouched(
-    endpoint: str, imagenet: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    s3_endpoint: str, imagenet: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     destination = tmp_path / "data"
-    assert sync(endpoint, destination) == 0
+    assert sync(s3_endpoint, destination) == 0
     mtimes = {
         path: path.stat().st_mtime_ns
         for path in destination.rglob("*.*")
         if path.name != sync_s3.MANIFEST_NAME
     }
     capsys.readouterr()
-    assert sync(endpoint, destination) == 0
+    assert sync(s3_endpoint, destination) == 0
     assert counts(capsys.readouterr().out) == (0, len(imagenet), 0)
     assert {path: path.stat().st_mtime_ns for path in mtimes} == mtimes
 
 
 def test_interrupted_sync_resumes_with_only_the_missing_objects(
-    endpoint: str,
+    s3_endpoint: str,
     imagenet: dict[str, bytes],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -173,7 +143,7 @@ def test_interrupted_sync_resumes_with_only_the_missing_objects(
 
     destination = tmp_path / "data"
     monkeypatch.setattr(sync_s3, "make_client", client_interrupted_after_five_downloads)
-    assert sync(endpoint, destination, "--workers", "1") == 130
+    assert sync(s3_endpoint, destination, "--workers", "1") == 130
     assert len(local_files(destination)) == 5
     # What a SIGKILL mid-transfer leaves: temporary files (ours, and s3transfer's inside it) and a torn manifest line.
     folder = destination / "train" / "n01443537"
@@ -185,7 +155,7 @@ def test_interrupted_sync_resumes_with_only_the_missing_objects(
     monkeypatch.setattr(sync_s3, "make_client", real_make_client)
     capsys.readouterr()
 
-    assert sync(endpoint, destination) == 0
+    assert sync(s3_endpoint, destination) == 0
     output = capsys.readouterr()
     assert counts(output.out) == (len(imagenet) - 5, 5, 0)
     assert "removed 2 partial file(s) left by an interrupted sync" in output.err
@@ -193,7 +163,7 @@ def test_interrupted_sync_resumes_with_only_the_missing_objects(
 
 
 def test_same_size_local_file_with_other_content_is_replaced(
-    endpoint: str, imagenet: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    s3_endpoint: str, imagenet: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     destination = tmp_path / "data"
     for relative, body in imagenet.items():  # a copy made some other way, one file corrupted in place
@@ -201,19 +171,19 @@ def test_same_size_local_file_with_other_content_is_replaced(
         (destination / relative).write_bytes(body)
     corrupted = "train/n01440764/n01440764_3.JPEG"
     (destination / corrupted).write_bytes(bytes(len(imagenet[corrupted])))
-    assert sync(endpoint, destination) == 0
+    assert sync(s3_endpoint, destination) == 0
     assert counts(capsys.readouterr().out) == (1, len(imagenet) - 1, 0)
     assert (destination / corrupted).read_bytes() == imagenet[corrupted]
 
 
 def test_dry_run_lists_what_it_would_do_and_transfers_nothing(
-    endpoint: str,
+    s3_endpoint: str,
     imagenet: dict[str, bytes],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # boto3 reads it; the script need not
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)  # boto3 reads it; the script need not
     destination = tmp_path / "data"
     (destination / "val" / "n01440764").mkdir(parents=True)
     present = next(relative for relative in imagenet if relative.startswith("val/n01440764/"))
@@ -229,11 +199,11 @@ def test_dry_run_lists_what_it_would_do_and_transfers_nothing(
 
 
 def test_missing_bucket_exits_2_naming_bucket_and_endpoint(
-    endpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    s3_endpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert sync(endpoint, tmp_path / "data", bucket="no-such-bucket") == 2
+    assert sync(s3_endpoint, tmp_path / "data", bucket="no-such-bucket") == 2
     error = capsys.readouterr().err
-    assert f"bucket 'no-such-bucket' does not exist at endpoint {endpoint}" in error
+    assert f"bucket 'no-such-bucket' does not exist at endpoint {s3_endpoint}" in error
     assert "Traceback" not in error
 
 
@@ -245,17 +215,17 @@ def test_non_s3_url_exits_2_showing_the_expected_form(
 
 
 def test_object_changed_on_s3_is_downloaded_again(
-    endpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    s3_endpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     files = {f"train/n01440764/n01440764_{index}.JPEG": bytes([index]) * 1000 for index in range(3)}
-    make_bucket(endpoint, "changing", files, tmp_path)
+    make_bucket(s3_endpoint, "changing", files, tmp_path)
     destination = tmp_path / "data"
-    assert sync(endpoint, destination, bucket="changing") == 0
+    assert sync(s3_endpoint, destination, bucket="changing") == 0
     changed = "train/n01440764/n01440764_1.JPEG"
-    s3(endpoint).put_object(Bucket="changing", Key=f"{PREFIX}/{changed}", Body=b"\xff" * 1000)  # same size
+    s3(s3_endpoint).put_object(Bucket="changing", Key=f"{PREFIX}/{changed}", Body=b"\xff" * 1000)  # same size
     capsys.readouterr()
 
-    assert sync(endpoint, destination, bucket="changing") == 0
+    assert sync(s3_endpoint, destination, bucket="changing") == 0
     assert counts(capsys.readouterr().out) == (1, 2, 0)
     assert (destination / changed).read_bytes() == b"\xff" * 1000
 
