@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -32,6 +34,19 @@ class ImageDecodeError(Exception):
 
 class BadImageError(UsageError):
     """``data.on_bad_image=fail`` met an undecodable image."""
+
+
+def decode_image(load: Callable[[Any], Image.Image], sample: Any, transform: Callable | None) -> Any:
+    """``transform(load(sample))``, or the decoded image without a transform; a failure to open or decode the
+    file surfaces as ImageDecodeError, so a bad file is told apart from a bug in a transform."""
+    try:
+        image = load(sample)
+        if transform is None:
+            image.load()
+            return image
+    except DECODE_ERRORS as error:
+        raise ImageDecodeError(str(error)) from error
+    return transform(image)
 
 
 class BadImageLog:

@@ -44,7 +44,7 @@ from composer.utils import dist
 from PIL import Image
 from torchvision.datasets import VisionDataset
 
-from data.bad_images import DECODE_ERRORS, BadImageLog, ImageDecodeError
+from data.bad_images import BadImageLog, ImageDecodeError, decode_image
 from data.hf_subsets import cached_subset, wants_subset
 from data.samples import Catalog, Split, expand_path
 from recipes.errors import UsageError
@@ -131,7 +131,7 @@ class StreamedImages(VisionDataset, torch.utils.data.IterableDataset):
             before = produced
             for position, row in enumerate(self.stream):
                 try:
-                    image = self._decode(row["image"])
+                    image = decode_image(open_encoded, row["image"], self.transform)
                 except ImageDecodeError as error:
                     self.bad_images.handle(f"{self.root} row {position} of this worker's stream", error)
                     continue
@@ -150,17 +150,6 @@ class StreamedImages(VisionDataset, torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         return self.length // workers + (1 if worker < self.length % workers else 0)
-
-    def _decode(self, cell: dict[str, Any]) -> Any:
-        """Open and transform one row's image; any decoding failure surfaces as ImageDecodeError."""
-        try:
-            image = open_encoded(cell)
-            if self.transform is None:
-                image.load()
-                return image
-        except DECODE_ERRORS as error:
-            raise ImageDecodeError(str(error)) from error
-        return self.transform(image)
 
 
 @dataclass

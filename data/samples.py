@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 from torchvision.datasets import VisionDataset
 
-from data.bad_images import DECODE_ERRORS, MAX_CONSECUTIVE_BAD, BadImageLog, ImageDecodeError
+from data.bad_images import MAX_CONSECUTIVE_BAD, BadImageLog, ImageDecodeError, decode_image
 from data.resumable_sampler import SampleKey, seeded
 from recipes.errors import UsageError
 
@@ -67,7 +67,7 @@ class LabelledImages(VisionDataset):
         for _ in range(MAX_CONSECUTIVE_BAD):
             sample, label = self.samples[index]
             try:
-                return self._decode(sample), label
+                return decode_image(self.load, sample, self.transform), label
             except ImageDecodeError as error:
                 self.bad_images.handle(self.describe(sample), error)
                 index = (index + 1) % len(self.samples)
@@ -75,17 +75,6 @@ class LabelledImages(VisionDataset):
             f"{MAX_CONSECUTIVE_BAD} images in a row could not be decoded (the last near sample {index} of "
             f"{self.root}); see {self.bad_images.path}. The data itself is likely broken: check data.path."
         )
-
-    def _decode(self, sample: Any) -> Any:
-        """Load and transform one sample; any decoding failure surfaces as ImageDecodeError."""
-        try:
-            image = self.load(sample)
-            if self.transform is None:
-                image.load()
-                return image
-        except DECODE_ERRORS as error:
-            raise ImageDecodeError(str(error)) from error
-        return self.transform(image)
 
     def describe(self, sample: Any) -> str:
         """A file path, or the row number within the split, for reports and errors."""
