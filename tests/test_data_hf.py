@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import httpx
+import httpx2  # huggingface_hub 2.x builds its errors from httpx2 responses
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -333,8 +333,8 @@ def hub_error(status: int, gated: bool = True) -> Exception:
     """What datasets raises for imagenet-1k without access: DatasetNotFoundError caused by GatedRepoError."""
     if not gated:
         return DatasetNotFoundError("Dataset 'imagenet-1k' doesn't exist on the Hub or cannot be accessed.")
-    request = httpx.Request("GET", "https://huggingface.co/api/datasets/imagenet-1k")
-    response = httpx.Response(status, request=request)
+    request = httpx2.Request("GET", "https://huggingface.co/api/datasets/imagenet-1k")
+    response = httpx2.Response(status, request=request)
     error = DatasetNotFoundError("Dataset 'imagenet-1k' is a gated dataset on the Hub.")
     error.__cause__ = GatedRepoError("Access to dataset imagenet-1k is restricted.", response=response)
     return error
