@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+import simplejpeg
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
@@ -131,7 +132,8 @@ def cpu_normalise_rate(dataset: torch.utils.data.Dataset, batch_size: int = 64) 
 
 
 def decode_rates(files: list[str], rounds: int) -> dict[str, float]:
-    """Full-size decode only (and PIL's half-scale draft decode), images per second, best of ``rounds``."""
+    """Full-size decode only, per decoder (and PIL's half-scale draft decode), images per second, best of
+    ``rounds``: how the fast pipeline's decoders were chosen."""
 
     def pil(path: str) -> None:
         with Image.open(path) as image:
@@ -145,9 +147,14 @@ def decode_rates(files: list[str], rounds: int) -> dict[str, float]:
     def torchvision_io(path: str) -> None:
         io.decode_jpeg(io.read_file(path), mode=io.ImageReadMode.RGB)
 
+    def simplejpeg_decode(path: str) -> None:
+        with open(path, "rb") as file:
+            simplejpeg.decode_jpeg(file.read(), colorspace="RGB")
+
     decoders: dict[str, Callable[[str], None]] = {
         "pil_img_s": pil,
         "torchvision_io_img_s": torchvision_io,
+        "simplejpeg_img_s": simplejpeg_decode,
         "pil_draft_half_img_s": pil_draft_half,
     }
     best = dict.fromkeys(decoders, 0.0)
