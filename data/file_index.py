@@ -74,10 +74,6 @@ class FileIndex:
         """Every image path under the folder, in the order of torchvision's ``sorted(os.walk(folder))``."""
         return [path for directory in self.directories for path in self._paths(directory)]
 
-    def images_by_subfolder(self) -> dict[str, list[str]]:
-        """Image paths per top-level sub-folder, each in torchvision's per-class order ("" for the folder's own)."""
-        return {top: self._paths_of(directories) for top, directories in self._by_subfolder().items()}
-
     def labelled(self, classes: list[str]) -> LabelledFiles:
         """(path, label) samples of the class sub-folders, class by class, as ImageFolder's ``samples``."""
         by_subfolder = self._by_subfolder()
@@ -94,9 +90,6 @@ class FileIndex:
         for directory in self.directories:
             grouped.setdefault(directory.relative.split(os.sep, 1)[0], []).append(directory)
         return grouped
-
-    def _paths_of(self, directories: list[Directory]) -> list[str]:
-        return [path for directory in directories for path in self._paths(directory)]
 
     def _paths(self, directory: Directory) -> list[str]:
         """Full paths as os.path.join makes them, built in two C-level passes rather than a Python step per file."""
