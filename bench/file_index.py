@@ -79,7 +79,7 @@ def median_seconds(run: Callable[[], object], prepare: Callable[[], None] = lamb
 def measure(train: Path, cache: Path) -> dict:
     """Time the baseline, our first build, our cached start and the walk with and without threads."""
     expected = ImageFolder(str(train)).samples  # also warms the page cache for every run below
-    if labelled_files(train, class_folders(train), None) != expected:
+    if list(labelled_files(train, class_folders(train), None)) != expected:
         raise SystemExit("The file index lists other samples than torchvision's ImageFolder; not timing it.")
 
     def our_start() -> None:

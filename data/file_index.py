@@ -141,13 +141,6 @@ class LabelledFiles(Sequence):
             labels += [label] * (end - start)
         return labels
 
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, (list, LabelledFiles)) and len(self) == len(other) and list(self) == list(other)
-        )
-
-    __hash__ = None  # type: ignore[assignment]
-
 
 def cache_folder(data: Any) -> Path | None:
     """Where folder sources keep file indexes: ``<data.cache_dir>/file-index``, or None when data.index_cache=false."""

@@ -50,7 +50,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 def samples(root: Path, cache: Path | None) -> list[tuple[str, int]]:
-    return labelled_files(root, class_folders(root), cache)
+    return list(labelled_files(root, class_folders(root), cache))
 
 
 @pytest.mark.parametrize("cached", [False, True])
@@ -179,4 +179,4 @@ def test_samples_are_made_on_read_and_behave_like_the_list(tree: Path, tmp_path:
     assert lazy.labels() == [label for _, label in reference]
     with pytest.raises(IndexError):
         lazy[len(reference)]
-    assert pickle.loads(pickle.dumps(lazy)) == reference  # what spawned DataLoader workers receive
+    assert list(pickle.loads(pickle.dumps(lazy))) == reference  # what spawned DataLoader workers receive
