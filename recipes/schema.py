@@ -139,6 +139,14 @@ class LoggingConfig:
 
 
 @dataclass
+class DoctorConfig:
+    """The training doctor: watches loss, accuracy and gradient norm, and says plainly what looks wrong."""
+
+    # On by default: it only speaks when a run is unhealthy, and a healthy run pays a few microseconds a step.
+    enabled: bool = True
+
+
+@dataclass
 class RecipeConfig:
     """A whole training recipe."""
 
@@ -185,3 +193,4 @@ class RecipeConfig:
     # Composer algorithms by name, each mapped to its keyword arguments ({} for defaults, null to switch off).
     algorithms: dict[str, Any] = field(default_factory=dict)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
