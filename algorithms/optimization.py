@@ -46,13 +46,25 @@ class LearningRatePlan:
         )
 
 
-def scale_learning_rate(base_lr: float, global_batch_size: int, rule: str) -> LearningRatePlan:
-    """Apply the linear (Goyal et al. 2017) or square-root batch-size rule to a per-256 base LR."""
+def batch_size_factor(global_batch_size: int, rule: str) -> float:
+    """What the linear (Goyal et al. 2017) or square-root rule multiplies a per-256 base LR by."""
     ratio = global_batch_size / REFERENCE_BATCH_SIZE
     factors = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}
     if rule not in factors:
         raise UsageError(f"'optimizer.lr_scaling' is '{rule}'; use one of {', '.join(factors)}.")
-    return LearningRatePlan(base_lr, global_batch_size, rule, base_lr * factors[rule])
+    return factors[rule]
+
+
+def scale_learning_rate(base_lr: float, global_batch_size: int, rule: str) -> LearningRatePlan:
+    """Apply the linear (Goyal et al. 2017) or square-root batch-size rule to a per-256 base LR."""
+    return LearningRatePlan(
+        base_lr, global_batch_size, rule, base_lr * batch_size_factor(global_batch_size, rule)
+    )
+
+
+def base_lr_for(lr: float, global_batch_size: int, rule: str) -> float:
+    """The per-256 ``optimizer.base_lr`` that the batch-size rule turns into the applied ``lr`` (the inverse)."""
+    return lr / batch_size_factor(global_batch_size, rule)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float, exclude_bn_and_bias: bool) -> list[dict]:
