@@ -142,8 +142,51 @@ class LoggingConfig:
 class DoctorConfig:
     """The training doctor: watches loss, accuracy and gradient norm, and says plainly what looks wrong."""
 
-    # On by default: it only speaks when a run is unhealthy, and a healthy run pays a few microseconds a step.
+    # On by default: it only speaks when a run is unhealthy; a healthy run pays one gradient-norm pass per
+    # backward (lost in the noise of the CPU smoke run's throughput) and, under DDP, one tiny all-reduce.
     enabled: bool = True
+    # "Smoothed loss": the median of the last N batch losses (one bad batch does not move it).
+    smoothing_batches: int = 20
+    # Batches whose median is the reference for loss spikes and gradient-norm extremes.
+    median_window: int = 50
+    # Time after warmup (Composer time) before loss or accuracy may be called at chance; 1000-class runs need
+    # a few hundred steps to get 2 % below ln(1000), whatever the epoch length.
+    chance_grace: str = "300ba"
+    # "At chance": the smoothed loss never went this fraction below ln(num_classes).
+    chance_loss_tolerance: float = 0.02
+    # Val top-1 at chance: at most 1/num_classes plus this fraction of it ...
+    chance_accuracy_margin: float = 0.5
+    # ... and plus at most this much (few classes: 2 classes at 55 % is not chance).
+    chance_accuracy_max_margin: float = 0.05
+    # Diverging: smoothed loss above this multiple of its running minimum (or ln(num_classes) if lower) ...
+    divergence_ratio: float = 1.5
+    # ... and above it by this fraction of ln(num_classes) (low losses are noisy in ratio) ...
+    divergence_min_rise: float = 0.25
+    # ... for this many batches in a row.
+    divergence_window: int = 10
+    # Spike: one batch's loss at least this multiple of the recent median ...
+    spike_ratio: float = 5.0
+    # ... and above it by this fraction of ln(num_classes).
+    spike_min_rise: float = 0.5
+    # Stalled: smoothed loss improved by less than this fraction over stall_window batches ...
+    stall_min_improvement: float = 0.02
+    stall_window: int = 200
+    # ... while the LR is below this fraction of its peak ...
+    stall_lr_fraction: float = 0.1
+    # ... and the loss is still high: above this fraction of ln(num_classes) (also for vanishing gradients).
+    high_loss_fraction: float = 0.5
+    # Gradient norm exploding: this multiple of its recent median.
+    grad_norm_explode_ratio: float = 20.0
+    # Gradient norm vanishing: recent median below this fraction of its largest median, with the loss high.
+    grad_norm_vanish_ratio: float = 1.0e-3
+    # First batch's loss above this multiple of ln(num_classes): broken loss or init (summed: ~batch size).
+    initial_loss_ratio: float = 3.0
+    # amp_fp16: the GradScaler skipping this many steps in a row (non-finite gradients) stops the run.
+    skipped_steps_limit: int = 25
+    # Before a NaN, "the loss was climbing": smoothed loss up from its minimum by this fraction of ln(C) ...
+    climbing_loss_rise: float = 0.1
+    # ... or the last gradient norm this multiple of its median.
+    climbing_grad_norm_ratio: float = 5.0
 
 
 @dataclass
@@ -152,7 +195,8 @@ class RecipeConfig:
 
     # One line saying what this recipe is for.
     description: str = ""
-    # What the recipe is sized for (cpu, 1xT4, 4xT4, ...); informational.
+    # What the recipe is sized for: "cpu (2 cores)", "1xT4 (Colab)", "4xT4 (g4dn.12xlarge)". The planner
+    # (--plan) and the recipe checks read it for world size, GPU type, vCPUs and price (recipes/hardware.py).
     hardware: str = "cpu"
     # Composer's run name; stable names make autoresume find the run again.
     run_name: str | None = None
