@@ -1,6 +1,8 @@
 """Train ResNet-50 with a phase recipe.
 
     python train.py [RECIPE] [key=value ...] [--print-config]
+    python train.py [RECIPE] [key=value ...] --plan
+    python train.py [RECIPE] [key=value ...] --find-lr [--min-lr A --max-lr B --iterations N] [--apply]
 
 RECIPE is a YAML file or a name in recipes/ (default: recipes/smoke.yaml); overrides use omegaconf dotlist syntax,
 e.g. ``optimizer.base_lr=0.05 data.path=/data/imagenet``. This file only wires the builders together.
@@ -18,16 +20,28 @@ from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
 from algorithms.checkpointing import build_checkpointing, check_autoresume
+from algorithms.lr_range_test import RangeTestSettings, run_range_test, write_applied_recipe
 from algorithms.optimization import build_optimizer, build_scheduler
 from algorithms.preemption import PREEMPTED_EXIT_STATUS, ExactResume, Preempted, Preemption
 from algorithms.registry import build_algorithms
 from algorithms.run_logging import VALIDATION_LABEL, build_callbacks, build_loggers
 from algorithms.run_summary import build_summary, format_summary, write_summary
+from algorithms.training_doctor import (
+    DOCTOR_STOPPED_EXIT_STATUS,
+    TrainingStopped,
+    build_doctor,
+    doctor_summary,
+    raise_if_stopped,
+    weights_are_finite,
+)
 from data import build_data
 from data.resumable_sampler import skips_seen_batches
 from model import build_model
+from recipes.checks import RecipeFacts, check_before_training
 from recipes.errors import UsageError, user_message
+from recipes.findings import append_findings
 from recipes.loading import load_recipe, recipe_to_yaml, resolve_recipe_path
+from recipes.planning import plan_run
 from recipes.runtime import agree_on_run_name, resolve_runtime, silence_expected_warnings, start_distributed
 
 
@@ -39,7 +53,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("recipe", nargs="?", help="recipe YAML path or name in recipes/ (default: smoke)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optimizer.base_lr=0.05")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--plan", action="store_true", help="print batch, steps, LR, memory, time and cost; do not train"
+    )
+    parser.add_argument(
+        "--find-lr", action="store_true", help="run the LR range test instead of training (runs/<name>/)"
+    )
+    parser.add_argument("--min-lr", type=float, help="--find-lr: first (applied) LR of the sweep")
+    parser.add_argument("--max-lr", type=float, help="--find-lr: last (applied) LR of the sweep")
+    parser.add_argument("--iterations", type=int, help="--find-lr: steps in the sweep (default 100)")
+    parser.add_argument(
+        "--apply", action="store_true", help="--find-lr: write a recipe copy with the moderate base_lr"
+    )
+    # Intermixed: overrides may come after a flag (`train.py smoke --plan global_batch_size=512`).
+    args = parser.parse_intermixed_args(argv)
+    range_test_flags = [args.min_lr, args.max_lr, args.iterations, args.apply or None]
+    if not args.find_lr and any(flag is not None for flag in range_test_flags):
+        parser.error("--min-lr, --max-lr, --iterations and --apply only apply to --find-lr; add --find-lr")
     if args.recipe and "=" in args.recipe:
         args.overrides.insert(0, args.recipe)
         args.recipe = None
@@ -70,10 +100,17 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
         say(line)
 
     data = build_data(config, device=runtime.device, bad_image_list=output_folder / "bad_images.tsv")
+    facts = RecipeFacts(runtime.world_size, runtime.device, data.num_classes, len(data.train.dataloader))
+    recipe_warnings = check_before_training(config, facts)
+    for finding in recipe_warnings:
+        say(finding.line())
+    if dist.get_global_rank() == 0:
+        append_findings(output_folder, recipe_warnings)
     model = build_model(config.model, data.num_classes)
     optimizer, lr_plan = build_optimizer(model, config.optimizer, config.global_batch_size)
     scheduler = build_scheduler(config.scheduler, optimizer, config.max_duration, len(data.train.dataloader))
     algorithms = build_algorithms(config.algorithms)
+    doctor = build_doctor(config, data.num_classes, output_folder, len(data.train.dataloader))
     recipe = OmegaConf.to_container(config, resolve=True)
     loggers, metrics_file = build_loggers(
         config.logging, output_folder, run_name, recipe, resume=config.autoresume
@@ -99,7 +136,7 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
         step_schedulers_every_batch=True,
         algorithms=algorithms,
         loggers=[*loggers, *checkpoints.loggers],
-        callbacks=[*build_callbacks(runtime.device), preemption, ExactResume(), checkpoints.saver],
+        callbacks=[*build_callbacks(runtime.device), preemption, ExactResume(), checkpoints.saver, *doctor],
         run_name=run_name,
         progress_bar=config.logging.progress_bar,
         log_to_console=config.logging.log_to_console,
@@ -115,7 +152,11 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
     )
     trainer.fit()
     preemption.raise_if_preempted(trainer, save_folder, autoresume=config.autoresume)
-    trainer.eval()
+    weights_finite = weights_are_finite(trainer.state.model)
+    if weights_finite:
+        trainer.eval()
+    else:
+        say("note: the weights are not finite (NaN or Inf), so the end evaluation is skipped")
     summary = build_summary(
         trainer,
         metrics_file,
@@ -135,6 +176,7 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
             "per_device_batch_size": runtime.per_device_batch_size,
             "device_train_microbatch_size": runtime.device_train_microbatch_size,
             "bad_images": len(data.bad_images.entries()),
+            **doctor_summary(doctor, trainer.state, weights_finite=weights_finite),
         },
     )
     trainer.close()
@@ -143,18 +185,40 @@ def run(config: DictConfig, recipe_path: Path) -> dict:
     if (bad_images := data.bad_images.report()) is not None:
         say(bad_images)
     say(f"outputs in {output_folder}/ (checkpoints, recipe.yaml, metrics.jsonl, summary.json)")
+    raise_if_stopped(doctor)
     return summary
+
+
+def find_learning_rate(config: DictConfig, recipe_path: Path, args: argparse.Namespace) -> None:
+    """``--find-lr``: the LR range test instead of training; with ``--apply``, a recipe copy at its suggestion."""
+    settings = RangeTestSettings.for_optimizer(
+        config.optimizer.name, args.min_lr, args.max_lr, args.iterations
+    )
+    result = run_range_test(config, recipe_path, settings)
+    say(result.report())
+    if args.apply and dist.get_global_rank() == 0:
+        path = write_applied_recipe(config, result)
+        say(f"wrote {path} (the recipe with the moderate base_lr); train it with: python train.py {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit status 0 on success, 2 on a usage error (with the message, not a traceback), 75 when
-    stopped by SIGTERM after saving a checkpoint (relaunch to resume; scripts/run_until_done.sh does)."""
+    stopped by SIGTERM after saving a checkpoint (relaunch to resume; scripts/run_until_done.sh does), 3 when
+    the training doctor stopped a run on a fatal finding (a NaN loss: the finding is printed and in
+    findings.jsonl, the state saved for inspection; relaunching unchanged would fail the same way)."""
     args = parse_args(argv)
     silence_expected_warnings()
     try:
         config = load_recipe(args.recipe, args.overrides)
         if args.print_config:
             print(recipe_to_yaml(config), end="")
+            return 0
+        if args.plan:
+            plan = plan_run(config, resolve_recipe_path(args.recipe))
+            print(plan.report())
+            return 2 if plan.errors else 0
+        if args.find_lr:
+            find_learning_rate(config, resolve_recipe_path(args.recipe), args)
             return 0
         run(config, resolve_recipe_path(args.recipe))
     except UsageError as error:
@@ -163,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as stop:
         say(str(stop))
         return PREEMPTED_EXIT_STATUS
+    except TrainingStopped as stop:
+        say(str(stop))
+        return DOCTOR_STOPPED_EXIT_STATUS
     return 0
 
 
