@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/smoke-default
 
-.PHONY: train test install lint bench-smoke bench-data bench-index clean
+.PHONY: train test install lint bench-smoke bench-data bench-index bench-gpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench-data: install
 
 bench-index: install
 	$(PY) bench/file_index.py --output bench/results/file_index.json
+
+bench-gpu: install
+	$(PY) bench/gpu_throughput.py --output bench/results/gpu_throughput.json
 
 clean:
 	rm -rf runs .pytest_cache
