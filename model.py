@@ -337,17 +337,22 @@ def load_model_from_checkpoint(
     The model is returned in training mode, like any new module; call ``.eval()`` before inference.
     """
     states = extract_model_states(read_checkpoint(path))
-    choice = weights
-    if weights == "auto":
-        choice = "ema" if "ema" in states else "model"
+    choice = choose_weight_set(states, weights, f"Checkpoint {path}")
+    return build_model_for_checkpoint(recipe_cfg, num_classes, states[choice], source=f"checkpoint {path}")
+
+
+def choose_weight_set(states: ModelStates, weights: str, source: str) -> str:
+    """The key of ``states`` that ``weights`` names; ``"auto"`` is the EMA weights when there are any (what
+    Composer evaluated), else the model's. ``source`` names the checkpoint in errors."""
+    choice = ("ema" if "ema" in states else "model") if weights == "auto" else weights
     if choice not in ("ema", "raw", "model"):
-        raise UsageError(f"weights={weights!r} is not one of: auto, ema, raw, model.")
+        raise UsageError(f"weights {weights!r} is not one of: auto, ema, raw, model.")
     if choice not in states:
         raise UsageError(
-            f"Checkpoint {path} has no {choice!r} weights: it has no started EMA (the recipe had no "
-            "algorithms.ema, or the checkpoint predates ema_start). Use weights='model'."
+            f"{source} has no {choice!r} weights: it has no started EMA (the recipe had no algorithms.ema, or "
+            "the checkpoint predates ema_start). Use weights 'auto' or 'model'."
         )
-    return build_model_for_checkpoint(recipe_cfg, num_classes, states[choice], source=f"checkpoint {path}")
+    return choice
 
 
 def to_torchvision_state_dict(

@@ -51,6 +51,7 @@ from model import (
     ModelStates,
     WeightSet,
     build_model_for_checkpoint,
+    choose_weight_set,
     to_torchvision_state_dict,
 )
 from recipes.errors import UsageError
@@ -103,15 +104,7 @@ def check_export_folder(folder: Path) -> Path:
 
 def choose_weights(states: ModelStates, weights: WeightSet) -> str:
     """The weight set to export; ``auto`` is the EMA weights when the run has them, which is what was evaluated."""
-    choice = ("ema" if "ema" in states else "model") if weights == "auto" else weights
-    if choice not in ("ema", "raw", "model"):
-        raise UsageError(f"--export-weights {weights} is not one of: auto, ema, raw, model.")
-    if choice not in states:
-        raise UsageError(
-            f"--export-weights {choice}: the checkpoint has no started EMA, so it has only one weight set; "
-            "use --export-weights auto."
-        )
-    return choice
+    return choose_weight_set(states, weights, "--export-weights: the checkpoint")
 
 
 def export_checkpoint(
