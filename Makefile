@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/smoke-default
 
-.PHONY: train test install lint bench-smoke bench-data bench-index bench-gpu clean
+.PHONY: train test install lint bench-smoke bench-data bench-index bench-gpu bench-stack gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,15 @@ bench-data: install
 bench-index: install
 	$(PY) bench/file_index.py --output bench/results/file_index.json
 
+bench-stack: install
+	$(PY) bench/stack_overhead.py --output bench/results/stack_overhead.json
+
 bench-gpu: install
 	$(PY) bench/gpu_throughput.py --output bench/results/gpu_throughput.json
+
+# Proves a GPU machine in ~8 minutes: environment, throughput table, the g4dn_xlarge recipe preempted and resumed.
+gpu-check: install
+	$(PY) bench/gpu_check.py --output bench/results/gpu_check.json
 
 clean:
 	rm -rf runs .pytest_cache

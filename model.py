@@ -1,56 +1,66 @@
-"""The network (torchvision's ResNet as a Composer classifier) and the way back from a checkpoint to a model.
+"""The networks: torchvision's ResNet wrapped as a Composer classifier (``build_model``), the same classifier
+as a linear probe on a frozen pretrained backbone (``build_linear_probe``), and the same ResNet inside MoCo v3's
+self-supervised model (``build_moco_model``), each from a recipe.
 
-Training changes what a checkpoint looks like: Composer's classifier and DDP prefix every key with ``module.``,
-``torch.compile`` with ``_orig_mod.``, BlurPool replaces strided convolutions and max-pools (new keys, blur
-buffers), StochasticDepth rescales residual branches at eval time (same keys, different outputs), and EMA keeps a
-second weight set in the algorithm state. The functions here undo each of these explicitly, and always load with
-``strict=True`` so a recipe that does not match its checkpoint fails loudly instead of half-loading.
+The architecture is torchvision's own (``torchvision.models.get_model``), so a run's weights load straight
+into ``torchvision.models.resnet50``; the way back from a checkpoint to a model (wrapper prefixes, EMA weight
+sets, BlurPool and StochasticDepth re-applied) lives in ``training.weights``. The loss (Composer's soft
+cross-entropy or its one-vs-all binary cross-entropy) and the weight initialisation (torchvision's or
+Mosaic's) follow Mosaic's ResNet benchmark: mosaicml/examples@daddaeff,
+``examples/benchmarks/resnet_imagenet/model.py``.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
-import zipfile
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Literal, TypedDict
+import copy
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torchvision
-from composer.functional import apply_blurpool, apply_stochastic_depth
+from composer.loss import binary_cross_entropy_with_logits, soft_cross_entropy
 from composer.metrics import CrossEntropy
-from composer.models import ComposerClassifier
+from composer.models import ComposerClassifier, ComposerModel
+from composer.utils import dist
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
-from torchvision.models.resnet import Bottleneck, ResNet
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from algorithms.registry import enabled_algorithms
 from recipes.errors import UsageError
-from recipes.schema import ModelConfig, RecipeConfig
+from recipes.schema import Head, Init, Loss, LossReduction, MocoConfig, ModelConfig
 
-# Every torchvision classification model of the ResNet family; all of them accept `zero_init_residual`.
+# Every torchvision classification model of the ResNet family (residual blocks: BasicBlock or Bottleneck).
 RESNET_NAMES: tuple[str, ...] = tuple(
     name
     for name in torchvision.models.list_models(module=torchvision.models)
     if name.startswith(("resnet", "resnext", "wide_resnet"))
 )
-HEADS: tuple[str, ...] = ("fc", "conv1x1")
 
-# Recipe algorithms after which the trained network is no longer plain torchvision ResNet: BlurPool adds blur
-# layers (new state-dict keys); StochasticDepth keeps the keys but scales each residual branch by
-# (1 - drop_rate) at eval time. Both must be re-applied before loading (`build_model_for_checkpoint`).
-ARCHITECTURE_CHANGING_ALGORITHMS: tuple[str, ...] = ("blurpool", "stochastic_depth")
+# model.loss -> Composer's loss function. Composer's BCE turns class indices into one-hot targets, sums the C
+# one-vs-all terms and divides by the batch size (composer/loss/loss.py:58-67), so its scale is per image.
+LOSSES: dict[str, Callable[..., Tensor]] = {
+    Loss.cross_entropy: soft_cross_entropy,
+    Loss.binary_cross_entropy: binary_cross_entropy_with_logits,
+}
 
-# Wrappers that prefix every key: ComposerClassifier and DDP (`module.`), torch.compile (`_orig_mod.`).
-WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 
-# Buffers that only BlurPool's layers have (BlurConv2d, BlurPool2d: blur_filter; BlurMaxPool2d: filt2d).
-_BLURPOOL_BUFFER_SUFFIXES = (".blur_filter", ".filt2d")
+def chance_loss(loss: str, num_classes: int) -> float:
+    """The loss of guessing 1/num_classes for every class, as Composer computes ``loss`` per image.
 
-WeightSet = Literal["auto", "ema", "raw", "model"]
+    Cross-entropy: -ln(1/C) = ln C. Binary cross-entropy sums one term per class: -ln(1/C) for the true class
+    and -ln(1 - 1/C) for each of the C - 1 others, about ln C + 1 for many classes (7.907 for 1000, where
+    ln C is 6.908). Both are linear in the targets, so the value is the same for the soft targets of MixUp or
+    label smoothing (any targets summing to 1); and on balanced classes 1/C is the best guess that ignores the
+    image under either loss, so it is where a model that learns nothing stays.
+    """
+    if loss == Loss.cross_entropy:
+        return math.log(num_classes)
+    if loss == Loss.binary_cross_entropy:
+        return math.log(num_classes) - (num_classes - 1) * math.log1p(-1 / num_classes)
+    raise UsageError(f"Unknown model.loss={loss!r}; choose one of: {', '.join(Loss)}.")
 
 
 class ResNetClassifier(ComposerClassifier):
@@ -68,6 +78,31 @@ class ResNetClassifier(ComposerClassifier):
         if isinstance(metric, MulticlassAccuracy) and dense:
             targets = targets.argmax(dim=1)
         metric.update(outputs, targets)
+
+
+# The linear probe of facebookresearch/moco-v3 main_lincls.py (commit c349e6e; lines cited as lincls:N).
+PROBE_CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
+PROBE_FC_INIT_STD = 0.01  # lincls:168
+
+
+class LinearProbe(ResNetClassifier):
+    """A ResNetClassifier whose backbone is frozen and stays in eval mode; only ``fc`` trains.
+
+    Composer calls ``model.train()`` at the start of every epoch and after each evaluation
+    (composer/trainer/trainer.py:2406, 0.32.1), which would put BatchNorm back in training mode: with no gradient
+    its weights stay, but its running statistics would move with every batch. The official probe holds the whole
+    model in eval mode for that reason (lincls:341-348, "it is not legitimate to change any part of the
+    pre-trained model"), so ``train`` here leaves every module but ``fc`` in eval mode. Its state dict is a
+    ResNetClassifier's, so ``evaluate.py`` and the export load its checkpoint as a supervised one.
+    """
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        """Set ``fc`` (and the wrapper) to ``mode``; the backbone stays in eval mode."""
+        super().train(mode)
+        for name, child in self.module.named_children():
+            if name != "fc":
+                child.eval()
+        return self
 
 
 class ConvHeadResNet(nn.Module):
@@ -98,42 +133,87 @@ class ConvHeadResNet(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.fc(x), 1), 1)
 
 
-class ModelStates(TypedDict, total=False):
-    """The weight sets in a checkpoint; ``ema``, ``raw`` and ``model_holds`` only when EMA had started."""
-
-    # The weights in `state.model`, with wrapper prefixes removed.
-    model: dict[str, Tensor]
-    # The EMA weights and the training (raw) weights.
-    ema: dict[str, Tensor]
-    raw: dict[str, Tensor]
-    # Which of the two `state.model` holds: Composer swaps the EMA weights in for eval and for checkpointing.
-    model_holds: Literal["ema", "raw"]
-
-
-def _resnet(name: str, num_classes: int, zero_init_residual: bool = False) -> ResNet:
-    """torchvision's untrained ResNet ``name``."""
+def torchvision_resnet(name: str, num_classes: int) -> ResNet:
+    """torchvision's untrained ResNet ``name``, with torchvision's own initialisation."""
     if name not in RESNET_NAMES:
         raise UsageError(
             f"Unknown architecture model.name={name!r}; torchvision's ResNets are: {', '.join(RESNET_NAMES)}."
         )
-    return torchvision.models.get_model(
-        name, weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
-    )
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
-def build_model(model_cfg: ModelConfig | DictConfig, num_classes: int) -> ResNetClassifier:
-    """The recipe's ResNet as a Composer classifier with acc1/acc5/loss metrics and soft cross-entropy loss."""
+def mosaic_init(network: nn.Module) -> None:
+    """Mosaic's ``weight_init``, module by module as their ``model.apply`` does (so in the same random order).
+
+    Kaiming-normal with PyTorch's defaults (fan_in, gain sqrt(2): std sqrt(2 / fan_in)) on every Conv2d and
+    Linear weight, the 1x1-convolution head included; BatchNorm2d weights uniform in [0, 1) (``torch.rand``)
+    and biases zero. Other biases keep their construction init, as in Mosaic's code.
+    """
+
+    def weight_init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight)
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.weight.copy_(torch.rand(module.weight.shape))
+                module.bias.zero_()
+
+    network.apply(weight_init)
+
+
+def start_at_chance_under_bce(classifier: nn.Linear | nn.Conv2d, num_classes: int) -> None:
+    """Set the classifier bias to -log(num_classes), as Mosaic does under BCE: each class's sigmoid starts
+    near 1/num_classes instead of 1/2 (computed as Mosaic computes it, in float32)."""
+    with torch.no_grad():
+        classifier.bias.fill_(-torch.log(torch.tensor(float(num_classes))))
+
+
+def zero_init_residual(network: nn.Module) -> None:
+    """Zero the last BatchNorm gamma of every residual block (Goyal et al. 2017), so each starts as identity.
+
+    The same rule as torchvision's ``zero_init_residual`` (torchvision/models/resnet.py:218-223, 0.22),
+    applied here so that it also holds after an initialisation that rewrites every BatchNorm (Mosaic's).
+    """
+    for module in network.modules():
+        if isinstance(module, Bottleneck) and module.bn3.weight is not None:
+            nn.init.zeros_(module.bn3.weight)
+        elif isinstance(module, BasicBlock) and module.bn2.weight is not None:
+            nn.init.zeros_(module.bn2.weight)
+
+
+def build_model(
+    model_cfg: ModelConfig | DictConfig,
+    num_classes: int,
+    classifier_type: type[ResNetClassifier] = ResNetClassifier,
+) -> ResNetClassifier:
+    """The recipe's ResNet as a Composer classifier (``classifier_type``: ``LinearProbe`` for a probe) with
+    acc1/acc5/loss metrics and the recipe's loss.
+
+    Initialised in this order: torchvision's init at construction (and the 1x1 head's PyTorch default), then
+    Mosaic's init if chosen, then the -log(C) classifier bias under BCE, then zero_init_residual.
+    """
     if model_cfg.num_classes is not None and model_cfg.num_classes != num_classes:
         raise UsageError(
             f"model.num_classes is {model_cfg.num_classes} but the data has {num_classes} classes; "
             f"remove model.num_classes (it defaults to the data's count) or set it to {num_classes}."
         )
-    if model_cfg.head not in HEADS:
-        raise UsageError(f"Unknown model.head={model_cfg.head!r}; choose one of: {', '.join(HEADS)}.")
-    # torchvision's own zero_init_residual zeroes the last BN gamma of every residual block.
-    network: nn.Module = _resnet(model_cfg.name, num_classes, zero_init_residual=model_cfg.zero_init_residual)
-    if model_cfg.head == "conv1x1":
+    # A recipe is checked by the schema; a ModelConfig built in code is not.
+    for key, value, choices in (
+        ("head", model_cfg.head, Head),
+        ("loss", model_cfg.loss, Loss),
+        ("init", model_cfg.init, Init),
+    ):
+        if value not in set(choices):
+            raise UsageError(f"Unknown model.{key}={value!r}; choose one of: {', '.join(choices)}.")
+    network: nn.Module = torchvision_resnet(model_cfg.name, num_classes)
+    if model_cfg.head == Head.conv1x1:
         network = ConvHeadResNet(network, num_classes)
+    if model_cfg.init == Init.mosaic:
+        mosaic_init(network)
+    if model_cfg.loss == Loss.binary_cross_entropy:
+        start_at_chance_under_bce(network.fc, num_classes)
+    if model_cfg.zero_init_residual:
+        zero_init_residual(network)
     train_metrics = MetricCollection({"acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro")})
     val_metrics = MetricCollection(
         {
@@ -142,252 +222,282 @@ def build_model(model_cfg: ModelConfig | DictConfig, num_classes: int) -> ResNet
             "loss": CrossEntropy(),
         }
     )
-    return ResNetClassifier(
-        network, num_classes=num_classes, train_metrics=train_metrics, val_metrics=val_metrics
+    return classifier_type(
+        network,
+        num_classes=num_classes,
+        train_metrics=train_metrics,
+        val_metrics=val_metrics,
+        loss_fn=LOSSES[model_cfg.loss],
     )
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a Composer checkpoint or a plain state dict onto the CPU.
+def build_linear_probe(
+    model_cfg: ModelConfig | DictConfig, num_classes: int, backbone: dict[str, Tensor], source: str
+) -> LinearProbe:
+    """``build_model``'s classifier with ``backbone`` (torchvision keys, no ``fc``) loaded, frozen and held in
+    eval mode, and ``fc`` initialised as the official probe: weight N(0, 0.01), bias 0 (lincls:163-169; under
+    binary cross-entropy the bias keeps ``build_model``'s -log(num_classes)). ``source`` names the weights'
+    origin in errors. Loading is strict but for the classifier, which must be the only thing missing
+    (lincls:188-189)."""
+    probe = build_model(model_cfg, num_classes, LinearProbe)
+    network = probe.module
+    missing, unexpected = network.load_state_dict(backbone, strict=False)
+    if sorted(missing) != sorted(PROBE_CLASSIFIER_KEYS) or unexpected:
+        raise UsageError(
+            f"The backbone in {source} does not fit model.name={model_cfg.name}: missing {missing}, unexpected "
+            f"{unexpected}. Set model.name to the pretraining run's."
+        )
+    network.requires_grad_(False)
+    network.fc.requires_grad_(True)
+    with torch.no_grad():
+        network.fc.weight.normal_(mean=0.0, std=PROBE_FC_INIT_STD)
+        if model_cfg.loss == Loss.cross_entropy:
+            network.fc.bias.zero_()
+    return probe.train()
 
-    This unpickles arbitrary objects (Composer checkpoints hold more than tensors): only read files you trust.
+
+# MoCo v3 (Chen, Xie and He 2021) as facebookresearch/moco-v3 builds it for ResNets, commit c349e6e; line numbers
+# below are of that commit's moco/builder.py ("builder") and main_moco.py ("main_moco").
+# The backbone's state-dict keys in a MocoV3 model: the torchvision ResNet, its fc being the projector.
+MOCO_BACKBONE_PREFIX = "base_encoder."
+
+
+class MocoOutputs(NamedTuple):
+    """What ``MocoV3.forward`` hands ``MocoV3.loss`` for one (micro)batch.
+
+    ``query1``/``query2``: this rank's predictor outputs for views 1 and 2 (not normalised; they carry the
+    gradient). ``keys1``/``keys2``: the momentum encoder's outputs for the same views, L2-normalised and gathered
+    from every rank in rank order (no gradient), so row ``N * rank + i`` is this rank's image ``i``.
     """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        candidates = sorted(p.name for p in path.glob("*.pt"))
-        raise UsageError(
-            f"Checkpoint path {path} is a folder; pass a checkpoint file in it"
-            + (f", e.g. {path / candidates[-1]} (found: {', '.join(candidates)})." if candidates else ".")
-        )
-    if not path.is_file():
-        raise UsageError(
-            f"Checkpoint file {path} does not exist; check the path (and the run's save_folder)."
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-        raise UsageError(
-            f"Cannot read checkpoint {path}: it is truncated or not a PyTorch checkpoint ({error}). "
-            "An interrupted save, copy or download is the usual cause: fetch it again or use an earlier one."
-        ) from error
-    if not isinstance(checkpoint, dict):
-        raise UsageError(
-            f"Checkpoint {path} holds a {type(checkpoint).__name__}, not a Composer checkpoint or a state dict."
-        )
-    return checkpoint
+
+    query1: Tensor
+    query2: Tensor
+    keys1: Tensor
+    keys2: Tensor
 
 
-def strip_wrapper_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The state dict with the ``module.`` / ``_orig_mod.`` prefixes shared by all keys removed, however nested."""
-    state_dict = dict(state_dict)
-    stripped = True
-    while state_dict and stripped:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if all(key.startswith(prefix) for key in state_dict):
-                state_dict = {key[len(prefix) :]: value for key, value in state_dict.items()}
-                stripped = True
-    return state_dict
+def build_mlp(
+    num_layers: int, input_dim: int, hidden_dim: int, output_dim: int, last_bn: bool = True
+) -> nn.Sequential:
+    """MoCo v3's MLP (builder:36-52): Linear without bias, then BatchNorm1d and ReLU after every layer but the last;
+    the last Linear followed by a BatchNorm1d without affine parameters when ``last_bn`` (SimCLR's design, gamma
+    and beta removed, builder:47-50). The layers keep PyTorch's default initialisation, as the official code."""
+    layers: list[nn.Module] = []
+    for index in range(num_layers):
+        in_dim = input_dim if index == 0 else hidden_dim
+        out_dim = output_dim if index == num_layers - 1 else hidden_dim
+        layers.append(nn.Linear(in_dim, out_dim, bias=False))
+        if index < num_layers - 1:
+            layers += [nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True)]
+        elif last_bn:
+            layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)
 
 
-def extract_model_state(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
-    """The model weights of a Composer checkpoint or plain state dict, keyed like torchvision (``conv1.weight``)."""
-    state = checkpoint.get("state")
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        return strip_wrapper_prefixes(state["model"])
-    if checkpoint and all(isinstance(value, Tensor) for value in checkpoint.values()):
-        return strip_wrapper_prefixes(checkpoint)
-    raise UsageError(
-        "The checkpoint is neither a Composer checkpoint (no 'state.model') nor a state dict of tensors; "
-        f"its top-level keys are: {', '.join(map(str, list(checkpoint)[:8]))}."
-    )
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) when none is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
-def _ema_algorithm_state(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The EMA algorithm's saved state, if the run used EMA."""
-    algorithms = checkpoint.get("state", {}).get("algorithms") or []
-    # Composer saves algorithms as a list of (class name, state) pairs; older versions used a dict.
-    pairs = algorithms.items() if isinstance(algorithms, Mapping) else algorithms
-    for name, algorithm_state in pairs:
-        if name == "EMA":
-            return algorithm_state
-    return None
+@torch.no_grad()
+def gather_keys(keys: Tensor) -> Tensor:
+    """Every rank's ``keys`` concatenated in rank order (builder:126-137, ``concat_all_gather``); the result
+    carries no gradient (all_gather has none). Every rank must pass the same number of keys."""
+    _, world_size = _world()
+    if world_size == 1:
+        return keys
+    gathered = [torch.empty_like(keys) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, keys.contiguous())
+    return torch.cat(gathered)
 
 
-def extract_model_states(checkpoint: Mapping[str, Any]) -> ModelStates:
-    """The checkpoint's weight sets: ``model`` always; ``ema``, ``raw`` and ``model_holds`` when EMA had started.
+def contrastive_loss(
+    query: Tensor, keys: Tensor, temperature: float, rank: int, negatives: Tensor | None = None
+) -> Tensor:
+    """One InfoNCE term (builder:63-73): cross-entropy of this rank's normalised queries against all ranks'
+    normalised keys, logits ``q k^T / T``, the positive of query ``i`` at ``N * rank + i``, times ``2 T``.
 
-    Composer's EMA keeps one spare copy of the weights in ``state.algorithms`` (``ema_model`` with
-    ``named_parameters_dict`` and ``named_buffers_dict``) and swaps it with ``state.model`` for eval and before
-    each checkpoint. ``ema_weights_active`` says which is where: true means ``state.model`` holds the EMA weights
-    and the algorithm state the training weights; false, the reverse. Before ``ema_start`` the spare copy is just
-    the initial weights, so no EMA set is reported.
+    ``negatives`` (normalised keys of earlier steps, MoCo v2's queue) become extra logit columns after the
+    gathered keys, as MoCo v2's ``l_neg`` (facebookresearch/moco@a419ef2 moco/builder.py:164-175). The logits
+    are computed in float32 whatever the autocast precision (the official code runs them under AMP).
     """
-    model = extract_model_state(checkpoint)
-    ema_state = _ema_algorithm_state(checkpoint)
-    if ema_state is None or not ema_state.get("ema_started", False):
-        return {"model": model}
-    stored = strip_wrapper_prefixes(
-        {**ema_state["ema_model"]["named_parameters_dict"], **ema_state["ema_model"]["named_buffers_dict"]}
-    )
-    # Keys EMA does not track (parameters without gradients) are never swapped, so both sets share them.
-    other = {key: stored.get(key, value) for key, value in model.items()}
-    if ema_state["ema_weights_active"]:
-        return {"model": model, "ema": model, "raw": other, "model_holds": "ema"}
-    return {"model": model, "ema": other, "raw": model, "model_holds": "raw"}
+    query = nn.functional.normalize(query.float(), dim=1)
+    logits = query @ keys.float().T
+    if negatives is not None:
+        logits = torch.cat([logits, query @ negatives.float().T], dim=1)
+    logits = logits / temperature
+    count = query.shape[0]
+    labels = torch.arange(count, device=query.device) + count * rank
+    return nn.functional.cross_entropy(logits, labels) * (2 * temperature)
 
 
-def _has_blurpool_keys(state_dict: Mapping[str, Tensor]) -> bool:
-    return any(key.endswith(_BLURPOOL_BUFFER_SUFFIXES) for key in state_dict)
+def moco_initial_loss(gathered_keys: int, queue_size: int, temperature: float, loss_reduction: str) -> float:
+    """The loss a MoCo v3 model starts near: each term's cross-entropy over ``gathered_keys + queue_size`` logits
+    (one positive, the rest negatives) is ln(that count) while the model cannot tell them apart, times ``2 T``;
+    the two terms summed double it (``sum``) or are averaged (``mean``).
+
+    ``gathered_keys`` is what one query is scored against from the current step: the per-rank (micro)batch size
+    times the world size. The estimate holds at T = 1 (logits are cosines in [-1, 1], nearly equal at
+    initialisation); at small T the spread of the initial cosines, divided by T, raises the start above it.
+    """
+    if loss_reduction not in set(LossReduction):
+        raise UsageError(
+            f"Unknown moco.loss_reduction={loss_reduction!r}; choose one of: {', '.join(LossReduction)}."
+        )
+    per_term = math.log(gathered_keys + queue_size) * 2 * temperature
+    return 2 * per_term if loss_reduction == LossReduction.sum else per_term
 
 
-def _mismatch_hint(
-    missing: list[str],
-    unexpected: list[str],
-    expected: Mapping[str, Tensor],
-    state_dict: Mapping[str, Tensor],
-) -> str:
-    """The likeliest reason a checkpoint does not fit the recipe's architecture."""
-    if any(key.endswith(_BLURPOOL_BUFFER_SUFFIXES) for key in unexpected):
-        return "The checkpoint was trained with BlurPool but the recipe has no algorithms.blurpool."
-    if any(key.endswith(_BLURPOOL_BUFFER_SUFFIXES) for key in missing):
-        return "The recipe enables algorithms.blurpool but the checkpoint was trained without it."
-    if "fc.weight" in expected and "fc.weight" in state_dict:
-        saved, wanted = state_dict["fc.weight"].shape, expected["fc.weight"].shape
-        if len(saved) != len(wanted):
-            head = "conv1x1" if len(saved) == 4 else "fc"
-            return f"The checkpoint's classifier head is {head!r}; set model.head: {head}."
-        if saved[0] != wanted[0]:
-            return (
-                f"The checkpoint classifies {saved[0]} classes but the data has {wanted[0]}: "
-                "evaluate on data with the classes it was trained on."
-            )
-    return "The recipe's model.name, model.head or algorithms.blurpool differ from the checkpoint's."
+class MocoV3(ComposerModel):
+    """MoCo v3 around a torchvision ResNet (builder:11-109, ``MoCo_ResNet``), as a Composer model.
+
+    ``base_encoder`` is the ResNet with its fc replaced by the projector (feature dim -> hidden -> output, last
+    BN without affine, builder:100-106); ``predictor`` maps output -> hidden -> output with no last BN
+    (builder:109); ``momentum_encoder`` is a copy of ``base_encoder`` that no gradient reaches (builder:27-34)
+    and that ``update_momentum_encoder`` moves towards it each step, before the keys are computed (builder:89-94;
+    the update reads only base parameters, which the query pass does not change, so doing it before the query
+    pass, as the ``MomentumEncoder`` callback does at the start of each step, is the same). ``loss`` is the two
+    symmetric terms ``L(q1, k2) + L(q2, k1)`` (builder:96), summed as the official code or averaged.
+
+    With ``queue_size > 0`` a ``queue`` buffer of earlier steps' keys (MoCo v2's, initialised to random unit
+    vectors, facebookresearch/moco@a419ef2 moco/builder.py:59-63) adds negatives to every term; ``forward``
+    keeps each step's gathered keys of both views and ``enqueue_step_keys`` writes them at ``queue_pointer``,
+    wrapping around, once per optimizer step. The momentum encoder, queue and pointer are parameters and
+    buffers, so a checkpoint holds them. No metrics (``get_metrics`` is Composer's empty default): the training
+    loss is Composer's ``loss/train/total``.
+
+    Inputs: ``(images, targets)`` with images (B, 2, 3, H, W), view 1 then view 2; targets are ignored. With
+    microbatches each microbatch's queries are scored against that microbatch's gathered keys (the official
+    loop has no gradient accumulation).
+    """
+
+    def __init__(self, backbone: ResNet, moco_cfg: MocoConfig | DictConfig) -> None:
+        super().__init__()
+        feature_dim = backbone.fc.in_features
+        backbone.fc = build_mlp(2, feature_dim, moco_cfg.projector_hidden_dim, moco_cfg.output_dim)
+        self.base_encoder = backbone
+        self.momentum_encoder = copy.deepcopy(backbone)
+        self.momentum_encoder.requires_grad_(False)
+        self.predictor = build_mlp(
+            2, moco_cfg.output_dim, moco_cfg.predictor_hidden_dim, moco_cfg.output_dim, last_bn=False
+        )
+        self.temperature = float(moco_cfg.temperature)
+        self.loss_reduction = str(moco_cfg.loss_reduction)
+        self.queue_size = int(moco_cfg.queue_size)
+        self.step_keys: list[Tensor] = []
+        if self.queue_size > 0:
+            queue = nn.functional.normalize(torch.randn(self.queue_size, moco_cfg.output_dim), dim=1)
+            self.register_buffer("queue", queue)
+            self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update_momentum_encoder(self, momentum: float) -> None:
+        """``k = m k + (1 - m) q`` for every momentum-encoder parameter k and base parameter q (builder:57-61)."""
+        momentum_parameters = list(self.momentum_encoder.parameters())
+        base_parameters = [parameter.detach() for parameter in self.base_encoder.parameters()]
+        torch._foreach_mul_(momentum_parameters, momentum)
+        torch._foreach_add_(momentum_parameters, base_parameters, alpha=1.0 - momentum)
+
+    def forward(self, batch: Any) -> MocoOutputs:
+        """Queries of both views (with gradient) and both views' normalised keys from all ranks (without)."""
+        images, _ = batch
+        view1, view2 = images[:, 0], images[:, 1]
+        query1 = self.predictor(self.base_encoder(view1))
+        query2 = self.predictor(self.base_encoder(view2))
+        with torch.no_grad():
+            keys1 = gather_keys(nn.functional.normalize(self.momentum_encoder(view1).float(), dim=1))
+            keys2 = gather_keys(nn.functional.normalize(self.momentum_encoder(view2).float(), dim=1))
+        if self.queue_size > 0 and self.training:
+            self.step_keys.append(torch.cat([keys1, keys2]))
+        return MocoOutputs(query1, query2, keys1, keys2)
+
+    def loss(self, outputs: MocoOutputs, batch: Any, *args: Any, **kwargs: Any) -> Tensor:
+        """``L(q1, k2) + L(q2, k1)`` (``sum``) or half of it (``mean``), each term ``contrastive_loss``."""
+        rank, _ = _world()
+        negatives = self.queue if self.queue_size > 0 else None
+        total = contrastive_loss(
+            outputs.query1, outputs.keys2, self.temperature, rank, negatives
+        ) + contrastive_loss(outputs.query2, outputs.keys1, self.temperature, rank, negatives)
+        return total if self.loss_reduction == LossReduction.sum else total / 2
+
+    def discard_step_keys(self) -> None:
+        """Forget the keys kept since the step began (a step retried after an out-of-memory error recomputes
+        them)."""
+        self.step_keys.clear()
+
+    @torch.no_grad()
+    def enqueue_step_keys(self) -> None:
+        """Write the step's kept keys into the queue at its pointer, oldest first, wrapping around (MoCo v2's
+        ``_dequeue_and_enqueue``, facebookresearch/moco@a419ef2 moco/builder.py:76-89, without its requirement
+        that the queue be a multiple of the batch); a step with more keys than the queue keeps its last ones."""
+        if self.queue_size == 0 or not self.step_keys:
+            return
+        keys = torch.cat(self.step_keys)[-self.queue_size :].to(self.queue.dtype)
+        self.step_keys.clear()
+        positions = (self.queue_pointer + torch.arange(keys.shape[0], device=keys.device)) % self.queue_size
+        self.queue[positions] = keys
+        self.queue_pointer.copy_((self.queue_pointer + keys.shape[0]) % self.queue_size)
 
 
-def _check_keys_match(expected: Mapping[str, Tensor], state_dict: Mapping[str, Tensor], source: str) -> None:
-    """Raise a UsageError naming the differing keys unless ``state_dict`` fits ``expected`` exactly."""
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    mismatched = [
-        key for key in expected if key in state_dict and expected[key].shape != state_dict[key].shape
-    ]
-    if not (missing or unexpected or mismatched):
-        return
-    details = [
-        f"{label} ({len(keys)}): {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", mismatched))
-        if keys
-    ]
-    raise UsageError(
-        f"The weights in {source} do not fit the recipe's architecture; keys {'; '.join(details)}. "
-        f"{_mismatch_hint(missing, unexpected, expected, state_dict)} "
-        "Pass the recipe the checkpoint was trained with (the recipe.yaml saved beside it)."
-    )
-
-
-def _architecture_algorithms(recipe_cfg: RecipeConfig | DictConfig) -> dict[str, dict[str, Any]]:
-    """The recipe's enabled architecture-changing algorithms with the arguments their functional forms take."""
-    algorithms = enabled_algorithms(recipe_cfg.algorithms)
-    selected = {
-        name: dict(algorithms[name]) for name in ARCHITECTURE_CHANGING_ALGORITHMS if name in algorithms
+def moco_backbone_state(model_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The backbone of a MocoV3 state dict as torchvision names it: ``base_encoder.*`` without the projector
+    (``fc``), so it loads into ``torchvision.models.resnet50`` with only ``fc`` missing."""
+    return {
+        key.removeprefix(MOCO_BACKBONE_PREFIX): value
+        for key, value in model_state.items()
+        if key.startswith(MOCO_BACKBONE_PREFIX) and not key.startswith(f"{MOCO_BACKBONE_PREFIX}fc.")
     }
-    # drop_warmup only ramps the rate during training; eval uses the full drop_rate, as Composer does on load.
-    selected.get("stochastic_depth", {}).pop("drop_warmup", None)
-    return selected
 
 
-def _apply_architecture_algorithms(network: nn.Module, recipe_cfg: RecipeConfig | DictConfig) -> None:
-    """Re-apply the recipe's architecture-changing algorithms to ``network`` as Composer did at Event.INIT."""
-    algorithms = _architecture_algorithms(recipe_cfg)
-    if "blurpool" in algorithms:
-        apply_blurpool(network, **algorithms["blurpool"])
-    if "stochastic_depth" in algorithms:
-        apply_stochastic_depth(network, **algorithms["stochastic_depth"])
+def _check_moco_settings(model_cfg: ModelConfig | DictConfig, moco_cfg: MocoConfig | DictConfig) -> None:
+    """Reject the classifier keys that mean nothing without a classifier, and out-of-range MoCo settings."""
+    if model_cfg.init not in set(Init):
+        raise UsageError(f"Unknown model.init={model_cfg.init!r}; choose one of: {', '.join(Init)}.")
+    for key, value, default in (
+        ("num_classes", model_cfg.num_classes, None),
+        ("head", model_cfg.head, Head.fc),
+        ("loss", model_cfg.loss, Loss.cross_entropy),
+    ):
+        if value != default:
+            raise UsageError(
+                f"model.{key}={value!r} has no effect under task: moco_v3 (the projector replaces the "
+                f"classifier and the loss is MoCo's); remove model.{key} from the recipe."
+            )
+    if moco_cfg.loss_reduction not in set(LossReduction):
+        raise UsageError(
+            f"Unknown moco.loss_reduction={moco_cfg.loss_reduction!r}; choose one of: {', '.join(LossReduction)}."
+        )
+    checks = (
+        ("temperature", moco_cfg.temperature > 0, "a positive number (1.0 for ResNets in MoCo v3)"),
+        ("momentum", 0 <= moco_cfg.momentum <= 1, "between 0 and 1 (0.99 in MoCo v3)"),
+        ("queue_size", moco_cfg.queue_size >= 0, "0 (no queue, as v3) or a positive number of keys"),
+        ("projector_hidden_dim", moco_cfg.projector_hidden_dim > 0, "a positive width (4096 in MoCo v3)"),
+        ("predictor_hidden_dim", moco_cfg.predictor_hidden_dim > 0, "a positive width (4096 in MoCo v3)"),
+        ("output_dim", moco_cfg.output_dim > 0, "a positive width (256 in MoCo v3)"),
+    )
+    for key, valid, expected in checks:
+        if not valid:
+            raise UsageError(f"moco.{key}={getattr(moco_cfg, key)!r} is out of range; set it to {expected}.")
 
 
-def build_model_for_checkpoint(
-    recipe_cfg: RecipeConfig | DictConfig,
-    num_classes: int,
-    state_dict: Mapping[str, Tensor],
-    source: str = "the checkpoint",
-) -> ResNetClassifier:
-    """The recipe's exact trained architecture (BlurPool, StochasticDepth re-applied) with ``state_dict`` loaded strictly.
-
-    ``source`` names the weights' origin (a file) in error messages.
-    """
-    model = build_model(recipe_cfg.model, num_classes)
-    _apply_architecture_algorithms(model.module, recipe_cfg)
-    state_dict = strip_wrapper_prefixes(state_dict)
-    _check_keys_match(model.module.state_dict(), state_dict, source)
-    model.module.load_state_dict(state_dict, strict=True)
+def build_moco_model(
+    model_cfg: ModelConfig | DictConfig, moco_cfg: MocoConfig | DictConfig, *, device: str
+) -> MocoV3:
+    """The recipe's ResNet inside MoCo v3: torchvision's architecture and init, Mosaic's init if chosen, then
+    zero_init_residual (the official runs pass ``zero_init_residual=True``, main_moco:185-187), then the MLPs
+    with PyTorch's default init; BatchNorm converted to SyncBatchNorm when ``moco.sync_batchnorm``, the world
+    has more than one process and ``device`` is "gpu" (main_moco:192-196 converts on CUDA only, and PyTorch's
+    SyncBatchNorm raises on CPU tensors, torch/nn/modules/batchnorm.py:779-787 in 2.7.0; its keys are
+    BatchNorm's, so the backbone still loads into torchvision)."""
+    _check_moco_settings(model_cfg, moco_cfg)
+    backbone = torchvision_resnet(model_cfg.name, moco_cfg.projector_hidden_dim)
+    if model_cfg.init == Init.mosaic:
+        mosaic_init(backbone)
+    if model_cfg.zero_init_residual:
+        zero_init_residual(backbone)
+    model = MocoV3(backbone, moco_cfg)
+    if moco_cfg.sync_batchnorm and dist.get_world_size() > 1 and device == "gpu":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
-
-
-def load_model_from_checkpoint(
-    path: str | os.PathLike[str],
-    recipe_cfg: RecipeConfig | DictConfig,
-    num_classes: int,
-    weights: WeightSet = "auto",
-) -> ResNetClassifier:
-    """Rebuild the model a checkpoint was trained with and load one of its weight sets.
-
-    ``weights``: ``"ema"`` or ``"raw"`` (training) weights of an EMA run, ``"model"`` whatever ``state.model``
-    holds, or ``"auto"``: the EMA weights when there are any (what Composer evaluated), else ``state.model``.
-    The model is returned in training mode, like any new module; call ``.eval()`` before inference.
-    """
-    states = extract_model_states(read_checkpoint(path))
-    choice = choose_weight_set(states, weights, f"Checkpoint {path}")
-    return build_model_for_checkpoint(recipe_cfg, num_classes, states[choice], source=f"checkpoint {path}")
-
-
-def choose_weight_set(states: ModelStates, weights: str, source: str) -> str:
-    """The key of ``states`` that ``weights`` names; ``"auto"`` is the EMA weights when there are any (what
-    Composer evaluated), else the model's. ``source`` names the checkpoint in errors."""
-    choice = ("ema" if "ema" in states else "model") if weights == "auto" else weights
-    if choice not in ("ema", "raw", "model"):
-        raise UsageError(f"weights {weights!r} is not one of: auto, ema, raw, model.")
-    if choice not in states:
-        raise UsageError(
-            f"{source} has no {choice!r} weights: it has no started EMA (the recipe had no algorithms.ema, or "
-            "the checkpoint predates ema_start). Use weights 'auto' or 'model'."
-        )
-    return choice
-
-
-def to_torchvision_state_dict(
-    state_dict: Mapping[str, Tensor], recipe_cfg: RecipeConfig | DictConfig
-) -> dict[str, Tensor]:
-    """Weights that load with ``strict=True`` into plain ``torchvision.models.<model.name>(num_classes=K)``.
-
-    Exact conversions: the conv1x1 head's weight is reshaped to torchvision's Linear (the two compute the same
-    function), and StochasticDepth's eval-time (1 - drop_rate) residual scaling is folded into each block's
-    last BatchNorm. BlurPool adds layers torchvision does not have, so it raises instead.
-    """
-    state_dict = strip_wrapper_prefixes(state_dict)
-    algorithms = _architecture_algorithms(recipe_cfg)
-    if "blurpool" in algorithms or _has_blurpool_keys(state_dict):
-        raise UsageError(
-            "This checkpoint was trained with BlurPool, which adds blur filters before strided convolutions and "
-            "max-pools: its architecture differs from torchvision's ResNet and its weights cannot load into it "
-            "without changing its outputs. Load it with model.load_model_from_checkpoint(path, recipe, "
-            "num_classes), which rebuilds the BlurPool architecture."
-        )
-    if "fc.weight" not in state_dict:
-        raise UsageError("The weights have no 'fc.weight'; they are not a ResNet classifier's weights.")
-    num_classes = state_dict["fc.weight"].shape[0]
-    if state_dict["fc.weight"].ndim == 4:
-        state_dict["fc.weight"] = state_dict["fc.weight"].flatten(1)
-    # Built on the meta device: only its key names, shapes and block drop rates are needed.
-    with torch.device("meta"):
-        reference = _resnet(recipe_cfg.model.name, num_classes)
-    _check_keys_match(reference.state_dict(), state_dict, "the checkpoint")
-    if "stochastic_depth" in algorithms:
-        apply_stochastic_depth(reference, **algorithms["stochastic_depth"])
-        for name, block in reference.named_modules():
-            if isinstance(block, Bottleneck) and hasattr(block, "drop_rate"):
-                # At eval, Composer's stochastic Bottleneck returns bn3(...) * (1 - drop_rate) + identity.
-                scale = 1 - block.drop_rate
-                for key in (f"{name}.bn3.weight", f"{name}.bn3.bias"):
-                    state_dict[key] = state_dict[key] * scale
-    return state_dict

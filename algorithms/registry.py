@@ -2,7 +2,8 @@
 
 Nothing is re-implemented here; this module only maps names to Composer classes (plus this project's
 ``data_progressive_resizing``, which Composer lacks), fills the ResNet-specific defaults Composer cannot guess,
-and checks arguments against each class's signature before any work starts.
+checks arguments against each class's signature before any work starts, and converts the settings Composer
+counts in batches from samples when a recipe writes them so (``SAMPLE_COUNTED``).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from composer.algorithms import (
     RandAugment,
     StochasticDepth,
 )
-from composer.core import Algorithm
+from composer.core import Algorithm, TimeUnit
 from omegaconf import DictConfig, OmegaConf
 
 from algorithms.data_progressive_resizing import DataProgressiveResizing
-from recipes.errors import UsageError
+from recipes.durations import parse_time, steps_in
+from recipes.errors import UsageError, suggest
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "blurpool": BlurPool,
@@ -52,6 +54,14 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 # Defaults Composer cannot pick for us. StochasticDepth calls torchvision's Bottleneck "ResNetBottleneck".
 RESNET_DEFAULTS: dict[str, dict[str, Any]] = {
     "stochastic_depth": {"target_layer_name": "ResNetBottleneck"},
+}
+# Settings Composer counts in batches (optimizer steps) that a recipe may also write in samples ("204800sp"), so
+# that they mean the same images at any global batch: converted to ceil(samples / global batch) steps when built.
+# Composer's EMA takes half_life and update_interval as time strings in "ba" or "ep" with matching units
+# (composer/algorithms/ema/ema.py:172-198), SAM its interval as an int of steps (composer/algorithms/sam/sam.py:92).
+SAMPLE_COUNTED: dict[str, tuple[str, ...]] = {
+    "ema": ("half_life", "update_interval"),
+    "sam": ("interval",),
 }
 # Arguments that only make sense for dict-style batches; recipes always feed (images, labels) tuples.
 HIDDEN_ARGUMENTS = {"input_key", "target_key"}
@@ -83,8 +93,6 @@ def _argument_names(cls: type) -> tuple[set[str], set[str]]:
 
 def validate_algorithms(algorithms: Mapping[str, Any] | DictConfig) -> None:
     """Fail with a clear message on an unknown algorithm, an unknown argument or a missing required one."""
-    from recipes.loading import suggest
-
     for name, arguments in enabled_algorithms(algorithms).items():
         if name not in ALGORITHMS:
             raise UsageError(
@@ -111,6 +119,26 @@ def validate_algorithms(algorithms: Mapping[str, Any] | DictConfig) -> None:
                 "default for them)."
             )
         _check_swa_units(name, arguments)
+        _check_sample_counted(name, arguments)
+
+
+def validate_recipe_algorithms(config: DictConfig) -> None:
+    """The recipe's ``algorithms`` section, checked before any work: names, arguments, and the combinations
+    that cannot work (the two progressive resizings together; the data-side one without the fast pipeline)."""
+    validate_algorithms(config.algorithms)
+    enabled = enabled_algorithms(config.algorithms)
+    if "data_progressive_resizing" not in enabled:
+        return
+    if "progressive_resizing" in enabled:
+        raise UsageError(
+            "'algorithms.progressive_resizing' and 'algorithms.data_progressive_resizing' are both on; keep one "
+            "(data_progressive_resizing also spares the CPU; set the other to null)."
+        )
+    if config.data.pipeline != "fast":
+        raise UsageError(
+            "'algorithms.data_progressive_resizing' needs data.pipeline=fast (its crop step takes the size); "
+            f"data.pipeline is '{config.data.pipeline}'. Use algorithms.progressive_resizing with it instead."
+        )
 
 
 def _check_swa_units(name: str, arguments: dict[str, Any]) -> None:
@@ -125,18 +153,96 @@ def _check_swa_units(name: str, arguments: dict[str, Any]) -> None:
             )
 
 
+def _check_sample_counted(name: str, arguments: dict[str, Any]) -> None:
+    """EMA's times and SAM's interval in a unit Composer takes, or in samples; EMA's two in matching units once
+    samples are read as batches (Composer would refuse the mix only when the run is built)."""
+    if name == "sam" and "interval" in arguments:
+        _check_sam_interval(arguments["interval"])
+    if name != "ema":
+        return
+    units = {}
+    for key in SAMPLE_COUNTED["ema"]:
+        value = arguments.get(key)
+        if value is None:
+            continue
+        unit = parse_time(value, f"algorithms.ema.{key}").unit
+        if unit not in (TimeUnit.BATCH, TimeUnit.EPOCH, TimeUnit.SAMPLE):
+            raise UsageError(
+                f"'algorithms.ema.{key}' is '{value}'; Composer's EMA counts it in batches ('100ba') or epochs "
+                "('1ep'), and this project also takes samples ('204800sp')."
+            )
+        units[key] = TimeUnit.BATCH if unit == TimeUnit.SAMPLE else unit
+    if len(set(units.values())) > 1:
+        raise UsageError(
+            f"'algorithms.ema.half_life' ({arguments['half_life']}) and 'algorithms.ema.update_interval' "
+            f"({arguments['update_interval']}) must both count epochs or both count steps (batches or "
+            "samples): Composer's EMA needs matching units."
+        )
+
+
+def _check_sam_interval(interval: object) -> None:
+    """Composer's int of steps, or a time string in samples."""
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval > 0:
+        return
+    try:
+        time = parse_time(interval, "algorithms.sam.interval") if isinstance(interval, str) else None
+    except UsageError:
+        time = None
+    if time is None or time.unit != TimeUnit.SAMPLE or time.value <= 0:
+        raise UsageError(
+            f"'algorithms.sam.interval' is {interval!r}; give it as a whole number of optimizer steps (Composer's, "
+            "e.g. 10) or in samples (e.g. 20480sp), which is converted to steps at the run's global_batch_size."
+        )
+
+
+def batch_counted_settings(name: str, arguments: dict[str, Any]) -> dict[str, int]:
+    """The settings in ``arguments`` written in optimizer steps (EMA's in "ba", SAM's interval as an int), by key,
+    with their step counts: the ones that mean other numbers of images at another global batch."""
+    counted = {}
+    for key in SAMPLE_COUNTED.get(name, ()):
+        value = arguments.get(key)
+        if name == "sam" and isinstance(value, int) and not isinstance(value, bool):
+            counted[key] = value
+        elif name == "ema" and isinstance(value, str):
+            time = parse_time(value, f"algorithms.{name}.{key}")
+            if time.unit == TimeUnit.BATCH:
+                counted[key] = int(time.value)
+    return counted
+
+
+def in_steps(name: str, arguments: dict[str, Any], global_batch_size: int) -> dict[str, Any]:
+    """The algorithm's arguments with its settings written in samples converted to optimizer steps at
+    ``global_batch_size``, ceil(samples / batch) by ``recipes.durations.steps_in``: "Nba" for EMA, an int for
+    SAM. Everything else stays as written."""
+    converted = dict(arguments)
+    for key in SAMPLE_COUNTED.get(name, ()):
+        value = arguments.get(key)
+        if not isinstance(value, str):
+            continue
+        where = f"algorithms.{name}.{key}"
+        if parse_time(value, where).unit != TimeUnit.SAMPLE:
+            continue
+        # Samples need only the global batch (steps_in reads batches_per_epoch for epochs alone).
+        steps = steps_in(value, where, batches_per_epoch=0, global_batch_size=global_batch_size)
+        converted[key] = steps if name == "sam" else f"{steps}ba"
+    return converted
+
+
 def _owner(cls: type) -> str:
     """ "Composer's MixUp" or this project's class name, for messages."""
     return f"Composer's {cls.__name__}" if cls.__module__.startswith("composer") else cls.__name__
 
 
-def build_algorithms(algorithms: Mapping[str, Any] | DictConfig) -> list[Algorithm]:
-    """Composer algorithm objects for the recipe, in the recipe's order; a rejected value names its key."""
+def build_algorithms(
+    algorithms: Mapping[str, Any] | DictConfig, *, global_batch_size: int
+) -> list[Algorithm]:
+    """Composer algorithm objects for the recipe, in the recipe's order, with settings in samples converted to
+    steps at ``global_batch_size``; a rejected value names its key."""
     validate_algorithms(algorithms)
     built = []
     for name, arguments in enabled_algorithms(algorithms).items():
         try:
-            built.append(ALGORITHMS[name](**arguments))
+            built.append(ALGORITHMS[name](**in_steps(name, arguments, global_batch_size)))
         except (ValueError, TypeError) as error:
             raise UsageError(
                 f"'algorithms.{name}' was rejected by {_owner(ALGORITHMS[name])}: {error}"

@@ -118,7 +118,7 @@ def timed_pass(dataset: torch.utils.data.Dataset) -> tuple[float, list[int], tup
 
 def cpu_normalise_rate(dataset: torch.utils.data.Dataset, batch_size: int = 64) -> float:
     """Images per second for our worker output plus normalising it batched on the CPU (no GPU to do it)."""
-    normalise = NormalizeBatch(IMAGENET_MEAN, IMAGENET_STD, "cpu")
+    normalise = NormalizeBatch(IMAGENET_MEAN, IMAGENET_STD)
     started = time.perf_counter()
     batch = []
     for index in range(len(dataset)):

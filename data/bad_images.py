@@ -24,6 +24,8 @@ from recipes.errors import UsageError
 # What PIL raises for a file it cannot open or decode: unidentified or zero-byte (UnidentifiedImageError, an
 # OSError), truncated ("image file is truncated"), broken chunks (SyntaxError, ValueError), decompression bombs.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+# The run folder's list of skipped images.
+BAD_IMAGE_LIST = "bad_images.tsv"
 # Consecutive bad samples after which skipping stops and the data itself is reported as the problem.
 MAX_CONSECUTIVE_BAD = 50
 

@@ -10,7 +10,30 @@ keeping the augmentation's semantics (the same crop distribution, the same antia
 * crop and resize are one antialiased ``torch.nn.functional.interpolate`` on the uint8 pixels, PyTorch's
   vectorised port of PIL's resize algorithm (from pillow-simd), about 3x faster than stock Pillow's;
 * images leave the worker as uint8 tensors: a quarter of the float bytes through shared memory and to the GPU,
-  and ``normalize_batch`` converts and normalises the whole batch on the training device.
+  and ``NormalizeBatch`` converts and normalises them on the training device.
+
+Where the normalisation runs is a Composer hook choice (``composer/trainer/trainer.py``, 0.32.1). Per training
+batch: ``batch_transforms`` (l. 2440), ``Event.AFTER_DATALOADER`` (l. 2444), ``split_batch`` into microbatches
+(l. 2674), then per microbatch ``batch_to_device`` and ``microbatch_transforms`` (l. 2846-2847) and
+``Event.BEFORE_FORWARD``; evaluation runs the same order (l. 3387-3414). ``NormalizeBatch`` is the loaders'
+``microbatch_transforms``, so the uint8 batch is what Composer splits and copies to the device, and each
+microbatch is turned into floats there, just before the forward pass. What the recipe's algorithms see:
+
+* MixUp and CutMix act at ``BEFORE_FORWARD`` (``mixup.py`` ``match``, ``cutmix.py`` ``match``), after
+  ``microbatch_transforms``: they mix normalised floats on the device, as they do with the torchvision pipeline;
+* ColOut (``batch=True``) and Composer's ProgressiveResizing act at ``AFTER_DATALOADER``, on the uint8 batch
+  still on the CPU. Both only select pixels: ColOut drops rows and columns by index, ProgressiveResizing crops
+  or resizes with ``mode='nearest'`` (``progressive_resizing.py`` ``_make_resize``), and selecting pixels
+  commutes with a per-pixel, per-channel affine normalisation, so the normalised inputs are the same values as
+  normalising first; the smaller batch is also what crosses to the GPU;
+* ``data_progressive_resizing`` sets the crop size in the workers, ChannelsLast converts the model at ``INIT``,
+  RandAugment runs in the dataset: none of them sees the batch.
+
+Normalising in ``batch_transforms`` instead would hand ``AFTER_DATALOADER`` floats, but copy four times the
+bytes to the GPU, or (moving the batch there itself first, as this project once did) convert the whole batch
+before Composer splits it and run ColOut and ProgressiveResizing on four times the bytes. After the
+microbatches Composer puts the whole batch back in ``state.batch`` (l. 2859), so at ``AFTER_TRAIN_BATCH`` and
+``BATCH_END`` it holds the uint8 images, which cannot be NaN or infinite.
 
 Composer's RandAugment, which inserts itself before ``ToTensor``, still works: ``ToUint8Tensor`` (a ``ToTensor``)
 turns what it returns back into uint8.
@@ -225,39 +248,36 @@ class ToUint8Tensor(transforms.ToTensor):
 
 
 class NormalizeBatch:
-    """A Composer ``batch_transforms`` step: uint8 images to normalised floats, on the training device.
+    """A Composer ``microbatch_transforms`` step: uint8 images to normalised floats, where the batch already is.
 
-    The batch is moved to the device first (a uint8 batch is a quarter of the bytes of a float one), so the
-    conversion runs on the GPU and algorithms after the data loader (MixUp, CutMix, Composer's
-    ProgressiveResizing) see the same normalised float images the torchvision pipeline produces.
+    Composer has moved the microbatch to the training device before calling it (why this hook: the module
+    docstring), so the conversion runs on the GPU. Images are ``(B, 3, H, W)``, or ``(B, 2, 3, H, W)`` for the
+    two views of a contrastive run (``data.two_views``): the channel axis is third from the end in both. Float
+    images (the torchvision pipeline, normalised in the workers) pass through unchanged.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: str = "cpu") -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = [float(m) * 255 for m in mean]
         self.std = [float(s) * 255 for s in std]
-        self.device = device
 
     def __call__(self, batch: Any) -> Any:
         images, targets = batch
         if images.dtype != torch.uint8:  # already floats (the torchvision pipeline): nothing to do
             return batch
-        target_device = self._target_device()
-        images = images.to(target_device, non_blocking=True)
-        targets = targets.to(target_device, non_blocking=True)
-        mean = torch.tensor(self.mean, device=target_device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=target_device).view(1, -1, 1, 1)
+        mean = torch.tensor(self.mean, device=images.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(-1, 1, 1)
         return images.float().sub_(mean).div_(std), targets
-
-    def _target_device(self) -> torch.device:
-        if self.device == "gpu" and torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
 
 
 def input_resolution(dataset: Any) -> SharedResolution | None:
-    """The ``SharedResolution`` a dataset's train transform reads, or None (the torchvision pipeline)."""
+    """The ``SharedResolution`` a dataset's train transform reads, or None (the torchvision pipeline).
+
+    The transform is a ``Compose`` holding a ``DecodeRandomResizedCrop`` (supervised) or is itself the
+    ``data.two_views.TwoViews`` of a contrastive run; either holds it as ``resolution``. Found by that
+    attribute, because ``data.two_views`` builds on this module and cannot be imported here.
+    """
     transform = getattr(dataset, "transform", None)
     for step in getattr(transform, "transforms", [transform]):
-        if isinstance(step, DecodeRandomResizedCrop):
-            return step.resolution
+        if isinstance(resolution := getattr(step, "resolution", None), SharedResolution):
+            return resolution
     return None

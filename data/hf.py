@@ -25,7 +25,8 @@ With ``data.hf_streaming`` nothing is downloaded up front:
   extra workers idle) or do not divide evenly over the processes (every process would read every file and keep
   one row in N). A stream needs its row count for the epoch length, from the card's ``dataset_info``;
 * with ``subset_size``, ``max_classes`` or ``max_samples_per_class``, the subset is drawn from the stream once
-  into ``data.cache_dir`` (``data.hf_subsets``) and read with random access from then on.
+  into ``data.cache_dir`` (``data.hf_subsets``) and read with random access from then on; with
+  ``val_subset_size`` alone, only the validation split is (a balanced, seeded draw) and training streams.
 
 A saved folder can be streamed too, which is how the streaming paths are tested without a network.
 """
@@ -186,13 +187,11 @@ def build_catalog(data: Any, *, seed: int, train: bool) -> Catalog:
             "repository (data/*.parquet), or a folder written by DatasetDict.save_to_disk."
         )
     wanted = [data.train_split, data.val_split] if train else [data.val_split]
-    subset_from_stream = data.hf_streaming and wants_subset(data)
-    if subset_from_stream:
-        splits = {
-            name: cached_subset(data, name, partial(open_stream, data, name), seed=seed) for name in wanted
-        }
-    else:
-        splits = open_splits(data, wanted)
+    drawn = [name for name in wanted if data.hf_streaming and wants_subset(data, name)]
+    opened = [name for name in wanted if name not in drawn]
+    splits = open_splits(data, opened) if opened else {}
+    for name in drawn:
+        splits[name] = cached_subset(data, name, partial(open_stream, data, name), seed=seed)
     for name, split in splits.items():
         _check_schema(split.features, f"split '{name}' of data.path={data.path}")
     classes = list(splits[wanted[0]].features["label"].names)
@@ -201,10 +200,12 @@ def build_catalog(data: Any, *, seed: int, train: bool) -> Catalog:
             f"Splits '{data.train_split}' and '{data.val_split}' of data.path={data.path} have different label "
             "names; both need the same ClassLabel so labels mean the same class."
         )
-    if data.hf_streaming and not subset_from_stream:
-        built = {name: _stream_split(data, name, split, seed) for name, split in splits.items()}
-    else:
-        built = {name: _row_split(data, name, split) for name, split in splits.items()}
+    built = {
+        name: _stream_split(data, name, split, seed)
+        if data.hf_streaming and name not in drawn
+        else _row_split(data, name, split)
+        for name, split in splits.items()
+    }
     return Catalog(classes, built[data.train_split] if train else None, built[data.val_split])
 
 

@@ -1,10 +1,15 @@
 """A subset of a streamed Hugging Face split, drawn once into ``data.cache_dir`` and read with random access after.
 
-Streaming cannot jump to chosen rows, so a training subset is drawn from the stream itself: the stream is
-shuffled with the run's seed (shard order, then a buffer) and each row is kept while its class's quota is not yet
-filled. Quotas spread ``subset_size`` evenly over the kept classes (within one image) and cap each at
-``max_samples_per_class``; the draw stops once every quota is full, so a tiny subset of imagenet-1k reads only a
-few thousand rows. The same seed and data give the same rows; validation keeps every row of the kept classes.
+Streaming cannot jump to chosen rows, so a subset is drawn from the stream itself: the stream is shuffled with
+the run's seed (shard order, then a buffer) and each row is kept while its class's quota is not yet filled.
+Quotas spread ``subset_size`` (``val_subset_size`` for the validation split) evenly over the kept classes
+(within one image, ``data.subsets.class_quotas``) and cap each training class at ``max_samples_per_class``; the
+draw stops once every quota is full, so a tiny subset of imagenet-1k reads only a few thousand rows. The same
+seed and data give the same rows. Without ``val_subset_size``, validation keeps every row of the kept classes.
+
+The training split is drawn when a training key is set (``subset_size``, ``max_classes``,
+``max_samples_per_class``) and streamed otherwise; the validation split is drawn when any key is set, so an
+evaluation every epoch reads the cache, not the hub.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from composer.utils import dist
 
 from data.samples import expand_path
-from data.subsets import class_quotas, parse_subset_size
+from data.subsets import class_quotas, parse_subset_size, parse_val_subset_size
 from recipes.errors import UsageError
 
 if TYPE_CHECKING:
@@ -32,10 +37,11 @@ DRAW_BUFFER = 1_000
 SUBSET_VERSION = 1
 
 
-def wants_subset(data: Any) -> bool:
-    """Whether any subset key is set."""
+def wants_subset(data: Any, name: str) -> bool:
+    """Whether split ``name`` is drawn into the cache: the training split for a training key, validation for any."""
     limits = (data.max_classes, data.max_samples_per_class)
-    return parse_subset_size(data.subset_size) is not None or any(v is not None for v in limits)
+    training_keys = parse_subset_size(data.subset_size) is not None or any(v is not None for v in limits)
+    return training_keys or (name != data.train_split and parse_val_subset_size(data) is not None)
 
 
 def cached_subset(
@@ -54,6 +60,8 @@ def cached_subset(
     if name == data.train_split:
         size = parse_subset_size(data.subset_size) or "all"
         folder_name += f"-size{size}-cap{data.max_samples_per_class}-seed{seed}"
+    elif (val_size := parse_val_subset_size(data)) is not None:
+        folder_name += f"-size{val_size}-seed{seed}"
     folder = expand_path(data.cache_dir) / f"hf-v{SUBSET_VERSION}-{folder_name}"
     with dist.run_local_rank_zero_first():
         if not folder.is_dir():
@@ -73,13 +81,16 @@ def write_subset(data: Any, name: str, stream: datasets.IterableDataset, folder:
         )
     kept = data.max_classes or len(classes)
     is_train = name == data.train_split
-    total, cap = parse_subset_size(data.subset_size), data.max_samples_per_class
+    if is_train:
+        total, cap = parse_subset_size(data.subset_size), data.max_samples_per_class
+    else:
+        total, cap = parse_val_subset_size(data), None
     quotas = None
-    if is_train and (total is not None or cap is not None):
+    if total is not None or cap is not None:
         # The stream's class sizes are unknown up front; every class is assumed to have enough images.
         quotas = class_quotas({label: cap or total for label in range(kept)}, total)
     stream = stream.select_columns(["image", "label"]).cast_column("image", datasets.Image(decode=False))
-    if is_train:
+    if is_train or quotas is not None:
         stream = stream.shuffle(seed=seed, buffer_size=DRAW_BUFFER)
 
     def rows() -> Iterator[dict[str, Any]]:

@@ -22,19 +22,20 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from data import digits, hf, ilsvrc, imagefolder, synthetic
 from data.bad_images import BadImageLog
 from data.resumable_sampler import ResumableSampler
-from data.samples import Catalog
-from data.subsets import subset_catalog
-from data.transforms import batch_transform, eval_transform, train_transform
+from data.samples import Catalog, Split
+from data.subsets import balanced_subset, subset_catalog
+from data.transforms import eval_transform, microbatch_transform, train_transform
 from recipes.errors import UsageError
-from recipes.loading import suggest
-from recipes.runtime import split_batch_over_processes
+from recipes.schema import DataSource, Task
 
-SOURCES: dict[str, Callable[..., Catalog]] = {
-    "digits": digits.build_catalog,
-    "imagefolder": imagefolder.build_catalog,
-    "ilsvrc": ilsvrc.build_catalog,
-    "hf": hf.build_catalog,
-    "synthetic": synthetic.build_catalog,
+# Keyed by the schema's names (``recipes.schema.DataSource``), so the recipe loader rejects an unknown source
+# before this module is imported; tests/test_data_loaders.py checks every name has its builder.
+SOURCES: dict[DataSource, Callable[..., Catalog]] = {
+    DataSource.digits: digits.build_catalog,
+    DataSource.imagefolder: imagefolder.build_catalog,
+    DataSource.ilsvrc: ilsvrc.build_catalog,
+    DataSource.hf: hf.build_catalog,
+    DataSource.synthetic: synthetic.build_catalog,
 }
 
 
@@ -42,8 +43,8 @@ SOURCES: dict[str, Callable[..., Catalog]] = {
 class DataBundle:
     """Everything the trainer and evaluator need from the data."""
 
-    # Composer DataSpecs wrapping the DataLoaders (train is None when built eval-only); their batch_transforms
-    # turn the fast pipeline's uint8 batches into normalised floats on the device.
+    # Composer DataSpecs wrapping the DataLoaders (train is None when built eval-only); their
+    # microbatch_transforms turn the fast pipeline's uint8 images into normalised floats on the device.
     train: DataSpec | None
     val: DataSpec
     num_classes: int
@@ -53,22 +54,24 @@ class DataBundle:
     val_size: int
     # Images that could not be decoded (data.on_bad_image), listed by every worker.
     bad_images: BadImageLog
+    # task=moco_v3 with moco.knn_interval set: the k-NN monitor's labelled bank (``knn_bank_split``), one
+    # centre-cropped view per image as validation sees it, in a fixed order; None otherwise.
+    knn_bank: DataSpec | None = None
 
 
 def build_data(
     cfg: Any, *, train: bool = True, device: str = "cpu", bad_image_list: str | Path | None = None
 ) -> DataBundle:
-    """Build the recipe's data (``cfg`` is the whole recipe: it reads ``data``, ``seed`` and the batch sizes).
+    """Build the recipe's data (``cfg`` is the whole recipe: it reads ``data``, ``task``, ``seed`` and the batch
+    sizes). A ``task=moco_v3`` training set yields two views per image (``(B, 2, 3, H, W)`` batches); its
+    validation set stays single-view, and with ``moco.knn_interval`` set the bundle holds the k-NN monitor's
+    bank of training images too (``knn_bank``).
 
-    ``device`` ("cpu" or "gpu") is where batches are normalised; ``bad_image_list`` is the file listing skipped
-    images (a temporary file when None).
+    ``device`` ("cpu" or "gpu") is where batches go: pinned host memory (``data.pin_memory``) only speeds up
+    copies to a GPU. ``bad_image_list`` is the file listing skipped images (a temporary file when None).
     """
     data = cfg.data
-    builder = SOURCES.get(data.source)
-    if builder is None:
-        raise UsageError(
-            f"data.source={data.source} is not one of: {', '.join(SOURCES)}.{suggest(data.source, list(SOURCES))}"
-        )
+    builder = SOURCES[data.source]
     world_size = dist.get_world_size()
     train_batch = split_batch_over_processes("global_batch_size", cfg.global_batch_size, world_size)
     eval_total = cfg.global_batch_size if cfg.eval_batch_size is None else cfg.eval_batch_size
@@ -76,16 +79,27 @@ def build_data(
     _check_loader_settings(data)
 
     bad_images = BadImageLog(bad_image_list, data.on_bad_image)
-    to_device = batch_transform(data, device)
+    normalise = microbatch_transform(data)
+    pin_memory = data.pin_memory and device == "gpu"
     catalog = subset_catalog(builder(data, seed=cfg.seed, train=train), data, cfg.seed)
     val_dataset = catalog.val.to_dataset(catalog.classes, eval_transform(data), bad_images)
-    val_loader = make_loader(val_dataset, eval_batch, data, seed=cfg.seed, shuffle=False, drop_last=False)
+    val_loader = make_loader(
+        val_dataset, eval_batch, data, seed=cfg.seed, shuffle=False, drop_last=False, pin_memory=pin_memory
+    )
     train_spec, train_size = None, 0
     if catalog.train is not None:
-        train_dataset = catalog.train.to_dataset(catalog.classes, train_transform(data), bad_images)
+        # task=moco_v3: two views per image, labels carried along but ignored by the pretraining model.
+        transform = train_transform(data, cfg.task)
+        train_dataset = catalog.train.to_dataset(catalog.classes, transform, bad_images)
         train_size = _total_size(train_dataset, world_size)
         loader = make_loader(
-            train_dataset, train_batch, data, seed=cfg.seed, shuffle=True, drop_last=data.drop_last
+            train_dataset,
+            train_batch,
+            data,
+            seed=cfg.seed,
+            shuffle=True,
+            drop_last=data.drop_last,
+            pin_memory=pin_memory,
         )
         if len(loader) == 0:
             raise UsageError(
@@ -93,20 +107,76 @@ def build_data(
                 f"{cfg.global_batch_size}, and data.drop_last=true would drop them all. Lower global_batch_size, "
                 "use more images (data.subset_size) or set data.drop_last=false."
             )
-        train_spec = DataSpec(loader, batch_transforms=to_device)
+        train_spec = DataSpec(loader, microbatch_transforms=normalise)
+    knn_bank = None
+    if catalog.train is not None and cfg.task == Task.moco_v3 and cfg.moco.knn_interval is not None:
+        bank = knn_bank_split(cfg, catalog.train, builder)
+        bank_dataset = bank.to_dataset(catalog.classes, eval_transform(data), bad_images)
+        bank_loader = make_loader(
+            bank_dataset,
+            eval_batch,
+            data,
+            seed=cfg.seed,
+            shuffle=False,
+            drop_last=False,
+            pin_memory=pin_memory,
+        )
+        knn_bank = DataSpec(bank_loader, microbatch_transforms=normalise)
     return DataBundle(
         train=train_spec,
-        val=DataSpec(val_loader, batch_transforms=to_device),
+        val=DataSpec(val_loader, microbatch_transforms=normalise),
         num_classes=len(catalog.classes),
         class_names=list(catalog.classes),
         train_size=train_size,
         val_size=_total_size(val_dataset, world_size),
         bad_images=bad_images,
+        knn_bank=knn_bank,
     )
 
 
+def knn_bank_split(cfg: Any, train: Any, builder: Callable[..., Catalog]) -> Split:
+    """The k-NN monitor's bank: ``moco.knn_train_images`` of the (subsetted) training set, spread evenly over
+    its classes and drawn with the run's seed (``data.subsets.balanced_subset``; all of it when smaller).
+
+    A streamed training split cannot be drawn from here: the source is asked again for a training subset of that
+    size, which ``data.hf_subsets`` draws from the stream once into ``data.cache_dir`` (a streamed training split
+    means no training subset keys are set, so only ``subset_size`` changes).
+    """
+    total = cfg.moco.knn_train_images
+    if total < 1:
+        raise UsageError(
+            f"moco.knn_train_images={total} must be a positive number of training images (10000 by default), "
+            "or set moco.knn_interval=null to turn the k-NN monitor off."
+        )
+    if isinstance(train, Split):
+        samples = balanced_subset(train.samples, total=total, per_class_cap=None, seed=cfg.seed)
+        return Split(samples, train.load, train.root)
+    data = cfg.data.copy()
+    data.subset_size = str(total)
+    return subset_catalog(builder(data, seed=cfg.seed, train=True), data, cfg.seed).train
+
+
+def split_batch_over_processes(key: str, total: int, world_size: int) -> int:
+    """``total`` images split evenly over the processes, or an error naming the key and both numbers."""
+    if total < 1:
+        raise UsageError(f"{key}={total} must be a positive number of images.")
+    if total % world_size:
+        raise UsageError(
+            f"{key}={total} does not divide over {world_size} processes; use a multiple of {world_size} "
+            f"such as {max(world_size, total // world_size * world_size)}."
+        )
+    return total // world_size
+
+
 def make_loader(
-    dataset: Dataset, batch_size: int, data: Any, *, seed: int, shuffle: bool, drop_last: bool
+    dataset: Dataset,
+    batch_size: int,
+    data: Any,
+    *,
+    seed: int,
+    shuffle: bool,
+    drop_last: bool,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader reading this process's share (``ResumableSampler``), seeded for reproducible, resumable runs."""
     streamed = isinstance(dataset, IterableDataset)
@@ -122,7 +192,7 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=data.pin_memory and torch.cuda.is_available(),
+        pin_memory=pin_memory,
         drop_last=drop_last,
         # A streamed training set counts epochs inside the workers to reshuffle, so they must persist.
         persistent_workers=workers > 0 and (data.persistent_workers or (streamed and shuffle)),
@@ -137,7 +207,7 @@ def leave_sigterm_to_the_trainer(worker_id: int) -> None:
 
     systemd at shutdown and Slurm's scancel signal every process of a job, DataLoader workers included. PyTorch's
     worker handler dies on a SIGTERM from anyone but its parent, and the trainer then fails ("DataLoader worker
-    exited unexpectedly") before it can checkpoint at the next batch boundary (``algorithms.preemption``). Here
+    exited unexpectedly") before it can checkpoint at the next batch boundary (``callbacks.preemption``). Here
     the signal is blocked and one thread waits for it: from the parent, which is shutting its workers down, the
     worker exits as PyTorch's handler would; from anyone else it is dropped, and the worker ends with its parent.
     """

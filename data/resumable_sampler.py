@@ -4,7 +4,7 @@ Composer resumes a run stopped mid-epoch by iterating the train loader over ever
 epoch (``Trainer(spin_dataloaders=True)``, its default): each image is read, decoded and augmented only to be thrown
 away, minutes of a restart at ImageNet scale. ``ResumableSampler`` is the ``DistributedSampler`` Composer builds
 (same order, same share per process) with one addition: ``start_epoch_at`` makes the next pass over an epoch begin
-after the samples this process has already trained on. ``algorithms.preemption.ExactResume`` sets it from the
+after the samples this process has already trained on. ``callbacks.preemption.ExactResume`` sets it from the
 checkpoint's timestamp, and train.py turns Composer's spinning off when the loader has this sampler.
 
 Skipping samples would change the augmentations of the rest if they came from a DataLoader worker's random stream,

@@ -3,8 +3,11 @@
 ``data.pipeline`` picks one of two presets with the same augmentation semantics:
 
 * ``fast`` (``data.fast_transforms``): reduced-size JPEG decode, one crop-and-resize, uint8 tensors out, and
-  ``batch_transform`` normalises each batch on the training device;
+  ``microbatch_transform`` normalises each microbatch on the training device;
 * ``torchvision``: torchvision's RandomResizedCrop / Resize + CenterCrop, ToTensor and Normalize on the CPU.
+
+A contrastive run (``task: moco_v3``) trains on two views of each image instead (``data.two_views.TwoViews``),
+on the fast decode path only.
 
 Every preset is a ``torchvision.transforms.Compose`` holding a ``ToTensor`` (or a subclass): Composer's RandAugment
 (and other PIL augmentations) insert themselves just before it (``composer.utils.add_vision_dataset_transform``).
@@ -26,6 +29,7 @@ from data.fast_transforms import (
     SharedResolution,
     ToUint8Tensor,
 )
+from data.two_views import TwoViews
 from recipes.errors import UsageError
 
 INTERPOLATIONS = {
@@ -54,9 +58,12 @@ def eval_resize_size(resolution: int, crop_ratio: float) -> int:
     return round(resolution / crop_ratio)
 
 
-def train_transform(data: Any) -> transforms.Compose:
-    """RandomResizedCrop (+ flip), then a tensor (uint8 for the fast pipeline, normalised floats otherwise)."""
+def train_transform(data: Any, task: str = "supervised") -> transforms.Compose | TwoViews:
+    """RandomResizedCrop (+ flip), then a tensor (uint8 for the fast pipeline, normalised floats otherwise); for
+    ``task`` moco_v3 the two augmented views of each image, one ``(2, 3, H, W)`` uint8 tensor."""
     check_transform_settings(data)
+    if task == "moco_v3":
+        return two_view_transform(data)
     if data.pipeline == "fast":
         fast_steps: list[Any] = [
             DecodeRandomResizedCrop(
@@ -82,6 +89,23 @@ def train_transform(data: Any) -> transforms.Compose:
     return transforms.Compose(steps)
 
 
+def two_view_transform(data: Any) -> TwoViews:
+    """MoCo v3's two views (``data.two_views``) at ``data.train_resolution``, decoded once on the fast path.
+
+    Only the fast pipeline: every data source works with it, and a PIL copy of the two-view augmentations for
+    ``data.pipeline=torchvision`` would be a second implementation of every step to keep in step, whose float
+    pairs would also cross shared memory and go to the device at four times the bytes.
+    """
+    if data.pipeline != "fast":
+        raise UsageError(
+            f"data.pipeline={data.pipeline} cannot build the two views of task=moco_v3: they are built on the "
+            "fast decode path only. Set data.pipeline=fast (every data.source works with it)."
+        )
+    return TwoViews(
+        SharedResolution(data.train_resolution), data.two_views, data.crop_ratio, data.interpolation
+    )
+
+
 def eval_transform(data: Any) -> transforms.Compose:
     """Resize the short side to resolution / eval_crop_ratio, center-crop the resolution, tensor (normalised)."""
     check_transform_settings(data)
@@ -103,9 +127,10 @@ def eval_transform(data: Any) -> transforms.Compose:
     )
 
 
-def batch_transform(data: Any, device: str) -> NormalizeBatch:
-    """Composer ``batch_transforms`` for both loaders: normalises the fast pipeline's uint8 batches on ``device``."""
-    return NormalizeBatch(data.mean, data.std, device)
+def microbatch_transform(data: Any) -> NormalizeBatch:
+    """Composer ``microbatch_transforms`` for both loaders: the fast pipeline's uint8 images normalised on the
+    device, after Composer has split the batch and moved it there (``data.fast_transforms`` says why there)."""
+    return NormalizeBatch(data.mean, data.std)
 
 
 def check_transform_settings(data: Any) -> None:

@@ -1,4 +1,9 @@
-"""The one exception type for mistakes a user can fix: a bad recipe key, a missing folder, a wrong checkpoint."""
+"""The one exception type for mistakes a user can fix (a bad recipe key, a missing folder, a wrong checkpoint),
+and the "did you mean" hint its messages share."""
+
+from __future__ import annotations
+
+import difflib
 
 
 class UsageError(Exception):
@@ -16,3 +21,9 @@ def user_message(error: UsageError) -> str:
         return text
     last = text.rstrip().splitlines()[-1]
     return last.split(": ", 1)[1] if ": " in last else last
+
+
+def suggest(name: object, known: list[str] | tuple[str, ...]) -> str:
+    """A ' Did you mean X?' hint, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""

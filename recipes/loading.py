@@ -7,33 +7,24 @@ checkpoint. Errors name the full key path and suggest the nearest valid key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from recipes.errors import UsageError
+from recipes.durations import parse_time
+from recipes.errors import UsageError, suggest
 from recipes.schema import RecipeConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent
 DEFAULT_RECIPE = RECIPES_DIR / "smoke.yaml"
+# The resolved recipe a run saves beside its checkpoints, which evaluate.py and the exports read back.
+SAVED_RECIPE = "recipe.yaml"
 # Key that lists the recipes (relative to the file naming them) this one builds on, merged first.
 BASE_KEY = "base"
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "precision": ("fp32", "amp_fp16", "amp_bf16"),
-    "device": ("auto", "cpu", "gpu"),
-    "model.head": ("fc", "conv1x1"),
-    "optimizer.name": ("decoupled_sgdw", "decoupled_adamw"),
-    "optimizer.lr_scaling": ("linear", "sqrt", "none"),
-    "scheduler.name": ("cosine_warmup", "linear_warmup", "constant_warmup", "one_cycle"),
-    "data.interpolation": ("bilinear", "bicubic", "nearest"),
-    "data.pipeline": ("fast", "torchvision"),
-    "data.on_bad_image": ("skip", "fail"),
-    "logging.wandb_mode": ("online", "offline", "disabled"),
-}
 TIME_KEYS = (
     "max_duration",
     "save_interval",
@@ -115,12 +106,6 @@ def _schema_fields(key_path: str) -> list[str]:
     return [f.name for f in dataclasses.fields(node)]
 
 
-def suggest(name: str, known: list[str] | tuple[str, ...]) -> str:
-    """A ' Did you mean X?' hint, or '' when nothing is close."""
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
 def _merge_into_schema(config: DictConfig, source: str) -> DictConfig:
     """Merge user values into the typed schema, turning omegaconf errors into ones people can act on."""
     schema = OmegaConf.structured(RecipeConfig)
@@ -136,29 +121,31 @@ def _merge_into_schema(config: DictConfig, source: str) -> DictConfig:
         ) from error
     except ValidationError as error:
         message = str(error).splitlines()[0]
-        raise UsageError(f"Bad value for '{error.full_key}' in {source}: {message}.") from error
+        raise UsageError(
+            f"Bad value for '{error.full_key}' in {source}: {message}.{_suggest_member(error)}"
+        ) from error
     except OmegaConfBaseException as error:
         raise UsageError(f"Invalid recipe {source}: {str(error).splitlines()[0]}") from error
 
 
-def _check_choices_and_times(config: DictConfig) -> None:
-    """Check the string keys that take one of a few values, and the Composer time strings."""
-    from composer.core import Time
+def _suggest_member(error: ValidationError) -> str:
+    """For a key that takes one of a few names (a ``Choice`` in the schema), the nearest one to what was given."""
+    node = OmegaConf.structured(RecipeConfig)
+    try:
+        for part in str(error.full_key).split("."):
+            node = node._get_node(part)
+    except (AttributeError, KeyError, OmegaConfBaseException):
+        return ""
+    members = getattr(node, "enum_type", None)
+    if members is None or not issubclass(members, Enum):
+        return ""
+    return suggest(str(error.value), [member.name for member in members])
 
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(config, key)
-        if value not in allowed:
-            raise UsageError(
-                f"'{key}' is '{value}', which is not one of {', '.join(allowed)}.{suggest(value, allowed)}"
-            )
+
+def _check_times_and_batches(config: DictConfig) -> None:
+    """Check the Composer time strings and the batch settings the schema's types cannot express."""
     for key in TIME_KEYS:
-        value = OmegaConf.select(config, key)
-        try:
-            Time.from_timestring(str(value)) if str(value) != "0" else None
-        except ValueError as error:
-            raise UsageError(
-                f"'{key}' is '{value}', which is not a Composer time such as '90ep', '500ba' or '0.1dur'."
-            ) from error
+        parse_time(OmegaConf.select(config, key), key)
     microbatch = config.device_train_microbatch_size
     if isinstance(microbatch, str) and microbatch != "auto":
         raise UsageError(
@@ -169,10 +156,11 @@ def _check_choices_and_times(config: DictConfig) -> None:
 
 
 def load_recipe(name: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """Load, merge and validate a recipe; every error names the key path and the fix."""
-    from algorithms.registry import validate_algorithms
-    from data import SOURCES
+    """Load, merge and validate a recipe against the schema; every error names the key path and the fix.
 
+    The sections that name things from a registry (``algorithms``) are validated by their registry, which
+    ``training.preflight.load_run_recipe`` calls: this module imports nothing of the project beyond recipes/.
+    """
     path = resolve_recipe_path(name)
     config = _merge_into_schema(_load_yaml(path), str(path))
     if overrides:
@@ -180,35 +168,8 @@ def load_recipe(name: str | Path | None = None, overrides: list[str] | None = No
             OmegaConf.merge(OmegaConf.to_container(config), _parse_overrides(overrides)),
             f"{path} with overrides {' '.join(overrides)}",
         )
-    _check_choices_and_times(config)
-    if config.data.source not in SOURCES:
-        known = sorted(SOURCES)
-        raise UsageError(
-            f"'data.source' is '{config.data.source}', which is not one of {', '.join(known)}."
-            + suggest(config.data.source, known)
-        )
-    validate_algorithms(config.algorithms)
-    _check_resizing(config)
+    _check_times_and_batches(config)
     return config
-
-
-def _check_resizing(config: DictConfig) -> None:
-    """The two progressive resizings exclude each other, and the data-side one needs the fast pipeline."""
-    from algorithms.registry import enabled_algorithms
-
-    enabled = enabled_algorithms(config.algorithms)
-    if "data_progressive_resizing" not in enabled:
-        return
-    if "progressive_resizing" in enabled:
-        raise UsageError(
-            "'algorithms.progressive_resizing' and 'algorithms.data_progressive_resizing' are both on; keep one "
-            "(data_progressive_resizing also spares the CPU; set the other to null)."
-        )
-    if config.data.pipeline != "fast":
-        raise UsageError(
-            "'algorithms.data_progressive_resizing' needs data.pipeline=fast (its crop step takes the size); "
-            f"data.pipeline is '{config.data.pipeline}'. Use algorithms.progressive_resizing with it instead."
-        )
 
 
 def recipe_to_yaml(config: DictConfig) -> str:

@@ -8,7 +8,110 @@ key path (see ``recipes.loading``). Composer's own names are used wherever Compo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
+
+
+class Choice(str, Enum):
+    """A key that takes one of a few names. omegaconf validates it and lists the members when it is wrong.
+
+    Each member's name is its value and it is a ``str``, so code compares it with plain strings
+    (``config.precision == "fp32"``), uses it as a dict key, and prints it as the bare name.
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Precision(Choice):
+    fp32 = "fp32"
+    amp_fp16 = "amp_fp16"
+    amp_bf16 = "amp_bf16"
+
+
+class Device(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class Head(Choice):
+    fc = "fc"
+    conv1x1 = "conv1x1"
+
+
+class Loss(Choice):
+    cross_entropy = "cross_entropy"
+    binary_cross_entropy = "binary_cross_entropy"
+
+
+class Init(Choice):
+    torchvision = "torchvision"
+    mosaic = "mosaic"
+
+
+class Task(Choice):
+    supervised = "supervised"
+    moco_v3 = "moco_v3"
+    linear_probe = "linear_probe"
+
+
+class LossReduction(Choice):
+    sum = "sum"
+    mean = "mean"
+
+
+class DataSource(Choice):
+    digits = "digits"
+    imagefolder = "imagefolder"
+    ilsvrc = "ilsvrc"
+    hf = "hf"
+    synthetic = "synthetic"
+
+
+class Interpolation(Choice):
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+    nearest = "nearest"
+
+
+class Pipeline(Choice):
+    fast = "fast"
+    torchvision = "torchvision"
+
+
+class BadImagePolicy(Choice):
+    skip = "skip"
+    fail = "fail"
+
+
+class OptimizerName(Choice):
+    decoupled_sgdw = "decoupled_sgdw"
+    decoupled_adamw = "decoupled_adamw"
+    lars = "lars"
+
+
+class LrScaling(Choice):
+    linear = "linear"
+    sqrt = "sqrt"
+    none = "none"
+
+
+class SchedulerName(Choice):
+    cosine_warmup = "cosine_warmup"
+    linear_warmup = "linear_warmup"
+    constant_warmup = "constant_warmup"
+    one_cycle = "one_cycle"
+
+
+class WandbMode(Choice):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -25,15 +128,47 @@ class ModelConfig:
     # Zero-init the last BN gamma of each residual block (Goyal et al. 2017): each block starts as identity.
     zero_init_residual: bool = True
     # Classifier head: "fc" (torchvision's Linear) or "conv1x1" (a 1x1 convolution before pooling).
-    head: str = "fc"
+    head: Head = Head.fc
+    # cross_entropy (soft targets) or binary_cross_entropy (one-vs-all on the same soft targets, as Mosaic's
+    # Mild/Medium/Hot recipes; the classifier bias starts at -log(num_classes)).
+    loss: Loss = Loss.cross_entropy
+    # Weight initialisation: torchvision's own, or Mosaic's ResNet benchmark's (Kaiming-normal convolutions and
+    # classifier, BatchNorm weights uniform in [0, 1), biases zero); zero_init_residual applies after either.
+    init: Init = Init.torchvision
+    # task linear_probe: the MoCo v3 pretraining checkpoint (a file or s3:// URI) whose backbone is loaded and
+    # frozen; only the classifier trains.
+    backbone_checkpoint: str | None = None
+
+
+@dataclass
+class TwoViewsConfig:
+    """The two augmented views of each image a contrastive run trains on (``task: moco_v3``).
+
+    BYOL's asymmetric pair, as MoCo v3's ``main_moco.py`` builds it: both views a RandomResizedCrop at
+    ``data.train_resolution`` (aspect ratios ``data.crop_ratio``), colour jitter, grayscale and a flip; the
+    first view always blurred, the second rarely blurred and sometimes solarized. Pairs are (view 1, view 2).
+    """
+
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    # ColorJitter brightness, contrast, saturation, hue, applied with probability color_jitter_p.
+    color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1])
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    # Gaussian blur probability per view, sigma drawn uniformly from blur_sigma (pixels of a 224 px crop; scaled
+    # by the current training size / 224, so progressive resizing keeps the blur relative to the image).
+    blur_p: list[float] = field(default_factory=lambda: [1.0, 0.1])
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    # Solarization (pixels >= 128 inverted) probability per view.
+    solarize_p: list[float] = field(default_factory=lambda: [0.0, 0.2])
+    horizontal_flip: bool = True
 
 
 @dataclass
 class DataConfig:
     """Where the images come from, which of them, and how they are transformed and loaded."""
 
-    # digits | imagefolder | ilsvrc | hf | synthetic
-    source: str = "digits"
+    # Where the images come from: the bundled digits, a folder, an ILSVRC/Kaggle layout, Hugging Face, generated.
+    source: DataSource = DataSource.digits
     # Root folder (imagefolder, ilsvrc), or a Hugging Face hub name or saved-dataset folder (hf).
     path: str | None = None
     # Where derived data (the digits JPEG folder, file indexes, drawn Hugging Face subsets) is written.
@@ -56,6 +191,8 @@ class DataConfig:
     digits_val_fraction: float = 0.2
     # Training subset: a named size (tiny=1000, small=10000, medium=100000, large=500000, full) or a number.
     subset_size: str = "full"
+    # Validation subset: the same forms as subset_size, drawn class-balanced and seeded by `seed`.
+    val_subset_size: str = "full"
     # Keep only the first N classes (in class order) / at most N training images per class.
     max_classes: int | None = None
     max_samples_per_class: int | None = None
@@ -68,15 +205,17 @@ class DataConfig:
     horizontal_flip: bool = True
     # Eval: resize the short side to resolution / ratio, then center-crop `eval_resolution`.
     eval_crop_ratio: float = 0.875
-    interpolation: str = "bilinear"
+    interpolation: Interpolation = Interpolation.bilinear
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     # Decode path: "fast" (reduced-size JPEG decode, crop and resize in one step, uint8 batches normalised on
     # the device) or "torchvision" (torchvision's RandomResizedCrop/ToTensor/Normalize presets on the CPU).
-    pipeline: str = "fast"
+    pipeline: Pipeline = Pipeline.fast
     # An image that cannot be decoded: "skip" (replace the sample, list the file in the run folder, report it
     # at the end) or "fail" (stop at once, naming the file).
-    on_bad_image: str = "skip"
+    on_bad_image: BadImagePolicy = BadImagePolicy.skip
+    # The two views of a contrastive run (task: moco_v3); supervised runs use the crop keys above.
+    two_views: TwoViewsConfig = field(default_factory=TwoViewsConfig)
     # DataLoader settings (per process).
     num_workers: int = 8
     pin_memory: bool = True
@@ -86,15 +225,44 @@ class DataConfig:
 
 
 @dataclass
+class MocoConfig:
+    """MoCo v3 pretraining (``task: moco_v3``), as facebookresearch/moco-v3 builds it for ResNet-50."""
+
+    # Projector MLP backbone features -> hidden -> output_dim, predictor output_dim -> hidden -> output_dim.
+    projector_hidden_dim: int = 4096
+    predictor_hidden_dim: int = 4096
+    output_dim: int = 256
+    # InfoNCE temperature; each of the two terms is cross-entropy x 2 x temperature, as the official code.
+    temperature: float = 1.0
+    # The momentum encoder's momentum at the start; a half-cosine raises it to 1 at the end of training.
+    momentum: float = 0.99
+    # The two symmetric terms summed (the official code) or averaged: a constant factor of 2 on the loss and
+    # its gradients, which LARS's trust ratio and AdamW's normalisation largely absorb but SGD does not.
+    loss_reduction: LossReduction = LossReduction.sum
+    # Negatives kept from earlier batches (MoCo v2's queue) for small batches on one GPU; 0: none, as v3.
+    queue_size: int = 0
+    # Convert BatchNorm to SyncBatchNorm under DDP (the official runs do); no effect on one process.
+    sync_batchnorm: bool = True
+    # The k-NN monitor: how often (Composer time; null: never) the validation images are classified by their
+    # k nearest training images in the backbone's feature space (cosine similarity, votes weighted by
+    # exp(similarity / knn_temperature), as Wu et al. 2018), on a class-balanced, seeded draw of at most
+    # knn_train_images training images (one centre-cropped view). Labels are read for this only.
+    knn_interval: str | None = "1ep"
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_train_images: int = 10000
+
+
+@dataclass
 class OptimizerConfig:
     """Optimizer and the batch-size rule that turns the per-256 base LR into the applied LR."""
 
-    # decoupled_sgdw | decoupled_adamw (Composer's decoupled-weight-decay optimizers)
-    name: str = "decoupled_sgdw"
+    # One of Composer's decoupled-weight-decay optimizers.
+    name: OptimizerName = OptimizerName.decoupled_sgdw
     # Learning rate per 256 images; the applied LR is base_lr * rule(global_batch_size / 256).
     base_lr: float = 0.1
     # linear (Goyal et al. 2017) | sqrt (Krizhevsky 2014, Hoffer et al. 2017) | none
-    lr_scaling: str = "linear"
+    lr_scaling: LrScaling = LrScaling.linear
     momentum: float = 0.9
     nesterov: bool = False
     # Decoupled weight decay (Composer scales it by lr / initial_lr, as in Loshchilov & Hutter).
@@ -103,14 +271,16 @@ class OptimizerConfig:
     eps: float = 1.0e-8
     # Put BatchNorm weights and all biases in a group without weight decay.
     exclude_bn_and_bias_from_weight_decay: bool = False
+    # LARS only: the trust ratio's coefficient (eta); MoCo v3's moco/optimizer.py uses 0.001.
+    trust_coefficient: float = 0.001
 
 
 @dataclass
 class SchedulerConfig:
     """Learning-rate schedule."""
 
-    # cosine_warmup | linear_warmup | constant_warmup | one_cycle
-    name: str = "cosine_warmup"
+    # Composer's warmup schedules, or PyTorch's OneCycleLR.
+    name: SchedulerName = SchedulerName.cosine_warmup
     # Warmup length in Composer time units ("5ep", "500ba", "0.05dur"); 0 for none.
     t_warmup: str = "1ep"
     # Final LR as a fraction of the peak LR (warmup schedules).
@@ -134,13 +304,17 @@ class LoggingConfig:
     wandb: bool = False
     wandb_project: str = "mosaic-resnet50"
     wandb_entity: str | None = None
-    # online | offline | disabled
-    wandb_mode: str = "online"
+    # wandb's mode: offline writes the run locally to sync later.
+    wandb_mode: WandbMode = WandbMode.online
 
 
 @dataclass
 class DoctorConfig:
-    """The training doctor: watches loss, accuracy and gradient norm, and says plainly what looks wrong."""
+    """The training doctor: watches loss, accuracy and gradient norm, and says plainly what looks wrong.
+
+    "The chance loss" is what a model guessing 1/C for every class scores under the recipe's loss: ln(C) for
+    cross-entropy, ln(C) - (C - 1) ln(1 - 1/C) for binary cross-entropy (model.chance_loss).
+    """
 
     # On by default: it only speaks when a run is unhealthy; a healthy run pays one gradient-norm pass per
     # backward (lost in the noise of the CPU smoke run's throughput) and, under DDP, one tiny all-reduce.
@@ -152,41 +326,52 @@ class DoctorConfig:
     # Time after warmup (Composer time) before loss or accuracy may be called at chance; 1000-class runs need
     # a few hundred steps to get 2 % below ln(1000), whatever the epoch length.
     chance_grace: str = "300ba"
-    # "At chance": the smoothed loss never went this fraction below ln(num_classes).
+    # "At chance": the smoothed loss never went this fraction below the chance loss.
     chance_loss_tolerance: float = 0.02
     # Val top-1 at chance: at most 1/num_classes plus this fraction of it ...
     chance_accuracy_margin: float = 0.5
     # ... and plus at most this much (few classes: 2 classes at 55 % is not chance).
     chance_accuracy_max_margin: float = 0.05
-    # Diverging: smoothed loss above this multiple of its running minimum (or ln(num_classes) if lower) ...
+    # Diverging: smoothed loss above this multiple of its running minimum (or the chance loss if lower) ...
     divergence_ratio: float = 1.5
-    # ... and above it by this fraction of ln(num_classes) (low losses are noisy in ratio) ...
+    # ... and above it by this fraction of the chance loss (low losses are noisy in ratio) ...
     divergence_min_rise: float = 0.25
     # ... for this many batches in a row.
     divergence_window: int = 10
     # Spike: one batch's loss at least this multiple of the recent median ...
     spike_ratio: float = 5.0
-    # ... and above it by this fraction of ln(num_classes).
+    # ... and above it by this fraction of the chance loss.
     spike_min_rise: float = 0.5
     # Stalled: smoothed loss improved by less than this fraction over stall_window batches ...
     stall_min_improvement: float = 0.02
     stall_window: int = 200
     # ... while the LR is below this fraction of its peak ...
     stall_lr_fraction: float = 0.1
-    # ... and the loss is still high: above this fraction of ln(num_classes) (also for vanishing gradients).
+    # ... and the loss is still high: above this fraction of the chance loss (also for vanishing gradients).
     high_loss_fraction: float = 0.5
     # Gradient norm exploding: this multiple of its recent median.
     grad_norm_explode_ratio: float = 20.0
     # Gradient norm vanishing: recent median below this fraction of its largest median, with the loss high.
     grad_norm_vanish_ratio: float = 1.0e-3
-    # First batch's loss above this multiple of ln(num_classes): broken loss or init (summed: ~batch size).
+    # First batch's loss above this multiple of the chance loss: broken loss or init (summed: ~batch size).
     initial_loss_ratio: float = 3.0
     # amp_fp16: the GradScaler skipping this many steps in a row (non-finite gradients) stops the run.
     skipped_steps_limit: int = 25
-    # Before a NaN, "the loss was climbing": smoothed loss up from its minimum by this fraction of ln(C) ...
+    # Before a NaN, "the loss was climbing": smoothed loss up from its minimum by this fraction of the chance loss ...
     climbing_loss_rise: float = 0.1
     # ... or the last gradient norm this multiple of its median.
     climbing_grad_norm_ratio: float = 5.0
+    # Contrastive runs (task moco_v3). A first loss this fraction above or below the one the objective predicts
+    # (negatives, temperature, the 2T scale, sum or mean) ...
+    contrastive_initial_tolerance: float = 0.25
+    # ... a loss that after warmup and chance_grace has moved less than this fraction from its start ...
+    contrastive_min_progress: float = 0.05
+    # ... an applied LR per 256 images below this fraction of the official one for the optimizer ...
+    official_lr_fraction: float = 0.3
+    # ... the schedule's LR below this fraction of its peak while the loss has not moved ...
+    decayed_lr_fraction: float = 0.1
+    # ... and the normalised outputs' per-dimension std below this fraction of a healthy 1/sqrt(d) (collapse).
+    collapse_std_fraction: float = 0.2
 
 
 @dataclass
@@ -195,18 +380,23 @@ class RecipeConfig:
 
     # One line saying what this recipe is for.
     description: str = ""
+    # What is trained: "supervised" (a classifier on the labels) or "moco_v3" (self-supervised pretraining of
+    # the same backbone on two views of each image; labels ignored; settings in the moco section) or
+    # "linear_probe" (a classifier trained on the frozen backbone of model.backbone_checkpoint).
+    task: Task = Task.supervised
     # What the recipe is sized for: "cpu (2 cores)", "1xT4 (Colab)", "4xT4 (g4dn.12xlarge)". The planner
-    # (--plan) and the recipe checks read it for world size, GPU type, vCPUs and price (recipes/hardware.py).
+    # (--plan) and the recipe checks read it for world size, GPU type, vCPUs and price (training/hardware.py).
     hardware: str = "cpu"
     # Composer's run name; stable names make autoresume find the run again.
     run_name: str | None = None
     seed: int = 17
     # Local folder or s3://bucket/prefix; "{run_name}" is filled in by Composer.
     save_folder: str = "runs/{run_name}"
-    # Endpoint of an S3-compatible store (MinIO, R2, ...) for an s3:// save_folder; None: S3_ENDPOINT_URL or
-    # AWS_ENDPOINT_URL if set, else AWS.
+    # Endpoint of an S3-compatible store (MinIO, R2, ...) for an s3:// save_folder or model.backbone_checkpoint;
+    # None: S3_ENDPOINT_URL or AWS_ENDPOINT_URL if set, else AWS.
     s3_endpoint_url: str | None = None
-    # Region of the s3:// save_folder's bucket; None: AWS_DEFAULT_REGION or the AWS config file.
+    # Region of the s3:// save_folder's (or model.backbone_checkpoint's) bucket; None: AWS_DEFAULT_REGION or
+    # the AWS config file.
     s3_region: str | None = None
     save_interval: str = "1ep"
     # Checkpoints kept in save_folder; -1 keeps all.
@@ -222,15 +412,26 @@ class RecipeConfig:
     eval_batch_size: int | None = None
     # Gradient accumulation: per-device microbatch size, an int or "auto" (GPU only); None: no accumulation.
     device_train_microbatch_size: int | str | None = None
-    # fp32 | amp_fp16 | amp_bf16 (CPU runs fall back to fp32 and say so)
-    precision: str = "fp32"
-    # auto | cpu | gpu
-    device: str = "auto"
+    # Numeric precision (CPU runs fall back to fp32 and say so).
+    precision: Precision = Precision.fp32
+    # auto: the GPU when one is visible, else the CPU.
+    device: Device = Device.auto
     # Wrap the model in torch.compile.
     compile: bool = False
     # Composer's deterministic mode (bit-exact reruns; slower).
     deterministic: bool = False
+    # GPU: let cuDNN time its convolution algorithms once per input shape and keep the fastest (shapes change
+    # only at progressive-resizing steps). Ignored on the CPU and under deterministic mode.
+    cudnn_benchmark: bool = True
+    # Seconds a process waits for the others at a collective before failing (Composer's default is 300): rank 0
+    # alone checks an S3 destination, downloads a resume checkpoint or walks a cold 1.28M-file tree first.
+    dist_timeout: float = 1800.0
+    # The global batch at which the algorithms' settings counted in batches (EMA half_life and update_interval
+    # in "ba", SAM's interval) were tuned; the recipe checks warn when the run's batch differs. Settings given
+    # in samples ("204800sp") mean the same images at any batch and are converted to steps when built.
+    algorithms_tuned_for_batch: int | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
+    moco: MocoConfig = field(default_factory=MocoConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

@@ -5,7 +5,7 @@
 ``--backend onnx`` (the default) runs DIR/model.onnx with onnxruntime and needs nothing but onnxruntime, numpy and
 Pillow: DIR and this file can be copied to a machine without torch or this project (that is also why it has its
 own ``UsageError``). ``--backend torch`` loads DIR/weights.safetensors into torchvision's ResNet; a BlurPool export
-has no torchvision equivalent and is rebuilt by this project's ``model.py`` from DIR/recipe.yaml.
+has no torchvision equivalent and is rebuilt by this project's ``training.weights`` from DIR/recipe.yaml.
 
 The image goes through the recipe's eval transform as DIR/metadata.json records it, in the steps of torchvision's
 Resize + CenterCrop + ToTensor + Normalize (the ``torchvision`` pipeline of ``data/transforms.py``; on a PIL image
@@ -128,21 +128,21 @@ def torch_logits(folder: Path, metadata: dict[str, Any], images: np.ndarray) -> 
 
 
 def rebuild_with_project(folder: Path, num_classes: int, weights: dict[str, Any]) -> Any:
-    """A BlurPool export's network, rebuilt from DIR/recipe.yaml by this project's model.py.
+    """A BlurPool export's network, rebuilt from DIR/recipe.yaml by this project's training.weights.
 
     torchvision has no BlurPool layers to load the weights into; the checkout this script lives in has them.
     """
     if str(REPOSITORY) not in sys.path:
         sys.path.insert(0, str(REPOSITORY))
     try:
-        from model import build_model_for_checkpoint
-        from recipes.loading import load_recipe
+        from recipes.loading import SAVED_RECIPE, load_recipe
+        from training.weights import build_model_for_checkpoint
     except ImportError as error:
         raise UsageError(
-            f"This export has BlurPool layers, which --backend torch rebuilds with this project's model.py "
+            f"This export has BlurPool layers, which --backend torch rebuilds with this project's training.weights "
             f"({error}): run this script from a checkout of the project, or use --backend onnx."
         ) from error
-    return build_model_for_checkpoint(load_recipe(folder / "recipe.yaml"), num_classes, weights).module
+    return build_model_for_checkpoint(load_recipe(folder / SAVED_RECIPE), num_classes, weights).module
 
 
 def top_classes(logits: np.ndarray, classes: list[str]) -> list[tuple[float, int, str]]:

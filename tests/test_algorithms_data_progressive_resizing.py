@@ -14,8 +14,8 @@ from algorithms.registry import build_algorithms
 from data import build_data
 from model import build_model
 from recipes.errors import UsageError
-from recipes.loading import load_recipe
 from recipes.schema import ModelConfig, RecipeConfig
+from training.preflight import load_run_recipe
 
 
 class BatchSizes(Callback):
@@ -76,19 +76,19 @@ def test_the_loader_produces_the_scheduled_size_each_epoch(workers: int) -> None
 
 def test_it_needs_the_fast_pipeline() -> None:
     with pytest.raises(UsageError, match=r"data\.pipeline=fast"):
-        load_recipe("smoke", ["data.pipeline=torchvision", "algorithms.data_progressive_resizing={}"])
+        load_run_recipe("smoke", ["data.pipeline=torchvision", "algorithms.data_progressive_resizing={}"])
 
 
 def test_it_excludes_composers_progressive_resizing() -> None:
     with pytest.raises(UsageError, match="keep one"):
-        load_recipe(
+        load_run_recipe(
             "smoke", ["algorithms.data_progressive_resizing={}", "algorithms.progressive_resizing={}"]
         )
 
 
 def test_bad_arguments_name_the_recipe_key() -> None:
     with pytest.raises(UsageError, match=r"algorithms\.data_progressive_resizing.*initial_scale"):
-        build_algorithms({"data_progressive_resizing": {"initial_scale": 1.5}})
+        build_algorithms({"data_progressive_resizing": {"initial_scale": 1.5}}, global_batch_size=8)
 
 
 def test_same_arguments_as_composers_version() -> None:

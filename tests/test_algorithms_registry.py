@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from composer import Trainer
-from composer.core import Callback, State
+from composer.core import Callback, State, Time
 from composer.loggers import Logger
 from omegaconf import OmegaConf
 from PIL import Image
@@ -23,6 +23,7 @@ from algorithms.registry import ALGORITHMS, build_algorithms
 from model import build_model
 from recipes.errors import UsageError
 from recipes.schema import ModelConfig
+from training.preflight import load_run_recipe
 
 NUM_CLASSES = 4
 
@@ -88,7 +89,7 @@ def train_briefly(algorithms: dict[str, Any], loader: DataLoader | None = None, 
         train_dataloader=loader or tensor_loader(),
         eval_dataloader=tensor_loader(4),
         max_duration=duration,
-        algorithms=build_algorithms(OmegaConf.create(algorithms)),
+        algorithms=build_algorithms(OmegaConf.create(algorithms), global_batch_size=4),
         callbacks=[probe],
         device="cpu",
         progress_bar=False,
@@ -108,12 +109,15 @@ def test_registry_holds_composer_classes() -> None:
 
 
 def test_null_switches_an_algorithm_off() -> None:
-    assert build_algorithms(OmegaConf.create({"blurpool": None, "mixup": {"alpha": 0.3}}))[0].alpha == 0.3
+    built = build_algorithms(
+        OmegaConf.create({"blurpool": None, "mixup": {"alpha": 0.3}}), global_batch_size=4
+    )
+    assert built[0].alpha == 0.3
 
 
 def test_missing_required_argument_is_named() -> None:
     with pytest.raises(UsageError, match=r"gradient_clipping.*clipping_threshold, clipping_type"):
-        build_algorithms(OmegaConf.create({"gradient_clipping": {}}))
+        build_algorithms(OmegaConf.create({"gradient_clipping": {}}), global_batch_size=4)
 
 
 def test_blurpool_replaces_convs_and_maxpool() -> None:
@@ -201,3 +205,67 @@ def test_colout_drops_rows_and_columns() -> None:
 def test_gradient_clipping_bounds_gradient_norm() -> None:
     _, probe = train_briefly({"gradient_clipping": {"clipping_type": "norm", "clipping_threshold": 0.01}})
     assert max(probe.grad_norms) <= 0.01 + 1e-4
+
+
+# The registry validates the recipe's algorithms section when a recipe is loaded for a run.
+def test_unknown_algorithm_lists_known() -> None:
+    with pytest.raises(UsageError, match=r"algorithms\.blurpol.*Did you mean 'blurpool'.*Known algorithms"):
+        load_run_recipe("smoke", ["algorithms.blurpol={}"])
+
+
+def test_unknown_algorithm_argument_suggests() -> None:
+    with pytest.raises(UsageError, match=r"algorithms\.mixup\.alpah.*Did you mean 'alpha'"):
+        load_run_recipe("smoke", ["algorithms.mixup.alpah=0.2"])
+
+
+def test_swa_units_checked_before_run() -> None:
+    with pytest.raises(UsageError, match=r"swa_start.*'dur' or 'ep'"):
+        load_run_recipe("smoke", ["algorithms.swa.swa_start=100ba"])
+
+
+# Composer counts EMA's and SAM's settings in batches; written in samples they mean the same images at any batch.
+MOSAIC_EMA = {"half_life": "204800sp", "update_interval": "40960sp"}  # Mosaic's 100ba and 20ba at batch 2048
+
+
+@pytest.mark.parametrize("global_batch_size", [1024, 256])
+def test_settings_in_samples_are_the_same_images_at_any_batch(global_batch_size: int) -> None:
+    ema, sam = build_algorithms(
+        OmegaConf.create({"ema": MOSAIC_EMA, "sam": {"interval": "20480sp"}}),
+        global_batch_size=global_batch_size,
+    )
+    assert ema.half_life == Time(204800 // global_batch_size, "ba")  # 200 steps at 1024, 800 at 256
+    assert ema.update_interval == Time(40960 // global_batch_size, "ba")
+    assert ema.smoothing == pytest.approx(2 ** (-40 / 200))  # the same decay per image, whatever the batch
+    assert sam.interval == 20480 // global_batch_size
+
+
+def test_a_sample_count_between_steps_lasts_until_the_step_that_reaches_it() -> None:
+    (ema,) = build_algorithms(OmegaConf.create({"ema": {"half_life": "204800sp"}}), global_batch_size=768)
+    assert ema.half_life == Time(267, "ba")  # 266.7 steps: the one rule of recipes.durations rounds up
+    assert ema.update_interval == Time(1, "ba")  # Composer's default, in the converted half-life's unit
+
+
+def test_composers_own_units_stay_as_written() -> None:
+    ema, sam = build_algorithms(
+        OmegaConf.create({"ema": {"half_life": "2ep", "update_interval": "1ep"}, "sam": {"interval": 10}}),
+        global_batch_size=256,
+    )
+    assert (ema.half_life, ema.update_interval, sam.interval) == (Time(2, "ep"), Time(1, "ep"), 10)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("algorithms.ema.half_life=204800spx", r"algorithms\.ema\.half_life"),
+        ("algorithms.ema.update_interval=0.1dur", r"algorithms\.ema\.update_interval"),
+        (
+            "algorithms.ema.half_life=2ep algorithms.ema.update_interval=40960sp",
+            r"algorithms\.ema\.half_life.*both count epochs or both count steps",
+        ),
+        ("algorithms.sam.interval=10ep", r"algorithms\.sam\.interval.*20480sp"),
+        ("algorithms.sam.interval=twenty", r"algorithms\.sam\.interval"),
+    ],
+)
+def test_malformed_batch_counted_settings_are_named_when_the_recipe_loads(override: str, key: str) -> None:
+    with pytest.raises(UsageError, match=key):
+        load_run_recipe("smoke", override.split())

@@ -172,7 +172,7 @@ def test_hf_build_data_batches_carry_the_labels(tmp_path: Path, saved: Path) -> 
     for spec, expected in ((bundle.train, TRAIN_ROWS), (bundle.val, 6)):
         seen = 0
         for batch in spec.dataloader:
-            images, labels = spec.batch_transforms(batch)
+            images, labels = spec.microbatch_transforms(spec.batch_transforms(batch))
             assert images.shape[1:] == (3, RESOLUTION, RESOLUTION)
             assert torch.equal(images.float().mean(dim=(2, 3)).argmax(dim=1), labels)
             seen += len(labels)
@@ -267,6 +267,27 @@ def test_hf_streamed_subset_depends_only_on_the_seed(tmp_path: Path, saved: Path
     assert Counter(label for _, label in first) == {0: 2, 1: 2, 2: 2}
     assert draw(0, "cache-b") == first  # drawn again from scratch: the same rows
     assert draw(1, "cache-c") != first
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hf_val_subset_is_balanced_seeded_and_training_keeps_every_row(
+    tmp_path: Path, saved: Path, streaming: bool
+) -> None:
+    def val_rows(seed: int, cache: str) -> list[tuple[int, int]]:
+        config = recipe(
+            tmp_path, saved, hf_streaming=streaming, val_subset_size="3", cache_dir=str(tmp_path / cache)
+        )
+        config.seed = seed
+        bundle = build_data(config)
+        assert (bundle.train_size, bundle.val_size) == (TRAIN_ROWS, 3)
+        # Only validation is drawn into the cache; training still streams every row.
+        assert isinstance(bundle.train.dataloader.dataset, hf.StreamedImages) == streaming
+        return sorted(drawn_rows(bundle.val.dataloader.dataset))
+
+    first = val_rows(0, "cache-a")
+    assert Counter(label for _, label in first) == {0: 1, 1: 1, 2: 1}
+    assert val_rows(0, "cache-b") == first  # drawn again from scratch: the same rows
+    assert val_rows(1, "cache-c") != first
 
 
 # Parquet specifics

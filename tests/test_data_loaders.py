@@ -1,26 +1,36 @@
 """Loader wiring: the source registry, batch sizes over processes, DataLoader settings, reproducible order,
-resumable epochs with per-sample augmentation seeds, and workers that leave SIGTERM to the trainer."""
+resumable epochs with per-sample augmentation seeds, workers that leave SIGTERM to the trainer, and uint8 images
+normalised per microbatch on the device, under the algorithms that act on batches."""
 
 from __future__ import annotations
 
 import random
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from composer import Trainer
+from composer.algorithms import ColOut, CutMix, MixUp, ProgressiveResizing
 from composer.algorithms.randaugment import RandAugmentTransform
+from composer.core import Algorithm, Callback, DataSpec, State
+from composer.devices import DeviceCPU
+from composer.loggers import Logger
+from composer.models import ComposerClassifier
 from composer.utils import add_vision_dataset_transform, dist
 from omegaconf import OmegaConf
 from torch.utils.data import DistributedSampler
 from torchvision.datasets import VisionDataset
 
 from data import SOURCES, build_data
+from data.fast_transforms import NormalizeBatch
 from data.resumable_sampler import ResumableSampler, SampleKey, sample_seed, skips_seen_batches
 from recipes.errors import UsageError
-from recipes.schema import RecipeConfig
+from recipes.schema import IMAGENET_MEAN, IMAGENET_STD, DataSource, RecipeConfig
 
 
 def synthetic_recipe(**overrides: object):
@@ -44,15 +54,9 @@ def fake_world(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     monkeypatch.setattr(dist, "get_global_rank", lambda: 0)
 
 
-def test_registry_names_every_source() -> None:
-    assert set(SOURCES) == {"digits", "imagefolder", "ilsvrc", "hf", "synthetic"}
-
-
-def test_unknown_source_lists_known_ones_and_suggests() -> None:
-    with pytest.raises(
-        UsageError, match=r"data\.source=digts is not one of: digits, .*Did you mean 'digits'"
-    ):
-        build_data(synthetic_recipe(data={"source": "digts"}))
+def test_registry_has_a_builder_for_every_source_the_schema_names() -> None:
+    assert set(SOURCES) == set(DataSource)
+    assert {str(name) for name in SOURCES} == {"digits", "imagefolder", "ilsvrc", "hf", "synthetic"}
 
 
 def test_batch_is_split_over_processes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,3 +238,108 @@ def test_a_worker_ignores_an_outside_sigterm_and_stops_when_its_parent_asks() ->
     worker.terminate()  # what the DataLoader does to a worker that does not stop by itself
     worker.join(timeout=10)
     assert worker.exitcode == 0
+
+
+# where the fast pipeline's uint8 images become normalised floats (data.fast_transforms explains the choice)
+
+
+class InputProbe(Callback):
+    """Records the batch as the algorithms leave it: after the data loader, and as the model gets it."""
+
+    def __init__(self) -> None:
+        self.loaded: list[torch.Tensor] = []
+        self.forward_inputs: list[torch.Tensor] = []
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        self.loaded.append(state.batch[0].clone())
+
+    def before_forward(self, state: State, logger: Logger) -> None:
+        self.forward_inputs.append(state.batch[0].clone())
+
+
+def tiny_classifier(num_classes: int) -> ComposerClassifier:
+    """A few-parameter network: what these tests look at is the input, not the model."""
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, num_classes),
+    )
+    return ComposerClassifier(network, num_classes=num_classes)
+
+
+def inputs_seen(spec: DataSpec, algorithms: list[Algorithm], microbatch: int | None = None) -> InputProbe:
+    """Two seeded training steps of ``spec`` with ``algorithms``; what the probe saw."""
+    probe = InputProbe()
+    trainer = Trainer(
+        model=tiny_classifier(4),
+        train_dataloader=spec,
+        max_duration="2ba",
+        algorithms=algorithms,
+        callbacks=[probe],
+        device="cpu",
+        device_train_microbatch_size=microbatch,
+        progress_bar=False,
+        seed=0,
+    )
+    trainer.fit()
+    trainer.close()
+    return probe
+
+
+def test_uint8_batches_are_split_and_moved_then_normalised_per_microbatch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    moved: list[torch.dtype] = []
+    to_device = DeviceCPU.batch_to_device
+
+    def recording(self: DeviceCPU, batch: Any) -> Any:
+        moved.append(batch[0].dtype)
+        return to_device(self, batch)
+
+    monkeypatch.setattr(DeviceCPU, "batch_to_device", recording)
+    bundle = build_data(synthetic_recipe(data={"train_resolution": 16}))
+    probe = inputs_seen(bundle.train, [], microbatch=2)
+    assert [images.dtype for images in probe.loaded] == [torch.uint8] * 2
+    assert moved[:4] == [torch.uint8] * 4  # two microbatches of each batch, copied as uint8
+    assert [tuple(images.shape) for images in probe.forward_inputs] == [(2, 3, 16, 16)] * 4
+    # Each microbatch is the normalisation of its half of the uint8 batch, to the bit.
+    normalise = NormalizeBatch(IMAGENET_MEAN, IMAGENET_STD)
+    for index, images in enumerate(probe.forward_inputs):
+        whole, _ = normalise((probe.loaded[index // 2], torch.zeros(4)))
+        assert torch.equal(images, whole[index % 2 * 2 : index % 2 * 2 + 2])
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        lambda: MixUp(alpha=1.0),
+        lambda: CutMix(alpha=1.0),
+        lambda: ColOut(p_row=0.25, p_col=0.25),
+        lambda: ProgressiveResizing(mode="resize", initial_scale=0.5, delay_fraction=0.5),
+        lambda: ProgressiveResizing(mode="crop", initial_scale=0.5, delay_fraction=0.5),
+    ],
+    ids=["mixup", "cutmix", "colout", "progressive_resizing-resize", "progressive_resizing-crop"],
+)
+def test_batch_algorithms_give_the_model_what_they_give_it_on_images_normalised_first(
+    algorithm: Callable[[], Algorithm],
+) -> None:
+    """MixUp and CutMix mix the normalised microbatch; ColOut and ProgressiveResizing select pixels of the uint8
+    batch, which commutes with normalising: the model's inputs equal those of the same run normalised first."""
+    bundle = build_data(synthetic_recipe(data={"train_resolution": 16}))
+    ours = inputs_seen(bundle.train, [algorithm()])
+    normalised_first = DataSpec(
+        bundle.train.dataloader, batch_transforms=NormalizeBatch(IMAGENET_MEAN, IMAGENET_STD)
+    )
+    reference = inputs_seen(normalised_first, [algorithm()])
+    assert ours.loaded[0].dtype == torch.uint8
+    assert reference.loaded[0].dtype == torch.float32
+    assert len(ours.forward_inputs) == len(reference.forward_inputs) == 2
+    normalise = NormalizeBatch(IMAGENET_MEAN, IMAGENET_STD)
+    for mine, expected, loaded in zip(
+        ours.forward_inputs, reference.forward_inputs, ours.loaded, strict=True
+    ):
+        assert mine.dtype == torch.float32 and mine.min() < 0 < mine.max()
+        assert torch.equal(mine, expected)
+        # The algorithm did act: smaller images (ColOut, resizing), or mixed ones (MixUp, CutMix).
+        assert mine.shape != (4, 3, 16, 16) or not torch.equal(mine, normalise((loaded, None))[0])

@@ -48,10 +48,11 @@ def assert_batches_match_labels(data: DataSpec | DataLoader, expected_images: in
     ``data`` is a bundle's DataSpec, or its DataLoader (the fast pipeline's uint8 batches normalised here).
     """
     if not isinstance(data, DataSpec):
-        data = DataSpec(data, batch_transforms=NormalizeBatch(IMAGENET_MEAN, IMAGENET_STD))
+        data = DataSpec(data, microbatch_transforms=NormalizeBatch(IMAGENET_MEAN, IMAGENET_STD))
     seen = 0
     for batch in data.dataloader:
-        images, labels = data.batch_transforms(batch)
+        # Composer's order on a CPU: batch_transforms, then (per microbatch) microbatch_transforms.
+        images, labels = data.microbatch_transforms(data.batch_transforms(batch))
         assert images.shape[1:] == (3, RESOLUTION, RESOLUTION)
         assert images.dtype == torch.float32
         assert images.min() < 0 < images.max()  # normalised, not 0..1

@@ -1,16 +1,20 @@
-"""Training subsets: balanced over classes, seeded, named sizes, and max_classes identical in train and val."""
+"""Subsets: balanced over classes, seeded, named sizes, max_classes identical in train and val, and validation
+subsets (``data.val_subset_size``) drawn the same way."""
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 
+from data import build_data
 from data.samples import Catalog, Split
-from data.subsets import balanced_subset, parse_subset_size, subset_catalog
+from data.subsets import SUBSET_SIZES, balanced_subset, parse_subset_size, subset_catalog
 from recipes.errors import UsageError
-from recipes.schema import DataConfig
+from recipes.schema import DataConfig, RecipeConfig
 
 
 def labelled(per_class: list[int]) -> list[tuple[str, int]]:
@@ -89,3 +93,61 @@ def test_full_without_limits_returns_the_catalog_unchanged() -> None:
 def test_max_classes_above_class_count_says_how_many_there_are() -> None:
     with pytest.raises(UsageError, match=r"data\.max_classes=9.*only 2 classes"):
         subset_catalog(catalog([3, 3], [1, 1]), data_config(max_classes=9), seed=0)
+
+
+# validation subsets (data.val_subset_size)
+
+
+def test_val_subset_is_balanced_seeded_and_leaves_training_alone() -> None:
+    original = catalog([6] * 4, [10] * 4)
+    first = subset_catalog(original, data_config(val_subset_size="9"), seed=3)
+    counts = Counter(label for _, label in first.val.samples)
+    assert sum(counts.values()) == 9 and max(counts.values()) - min(counts.values()) <= 1 and len(counts) == 4
+    assert first.train is original.train
+    assert first.val.samples == subset_catalog(original, data_config(val_subset_size="9"), seed=3).val.samples
+    assert first.val.samples != subset_catalog(original, data_config(val_subset_size="9"), seed=4).val.samples
+
+
+def test_val_subset_takes_named_sizes_and_full_keeps_every_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(SUBSET_SIZES, "tiny", 4)
+    result = subset_catalog(catalog([6] * 4, [10] * 4), data_config(val_subset_size="tiny"), seed=0)
+    assert Counter(label for _, label in result.val.samples) == {0: 1, 1: 1, 2: 1, 3: 1}
+    result = subset_catalog(
+        catalog([6] * 4, [10] * 4), data_config(val_subset_size="full", subset_size="8"), seed=0
+    )
+    assert len(result.val.samples) == 40
+
+
+def test_val_subset_is_drawn_from_the_kept_classes() -> None:
+    config = data_config(max_classes=2, val_subset_size="6")
+    result = subset_catalog(catalog([6] * 4, [10] * 4), config, seed=0)
+    assert Counter(label for _, label in result.val.samples) == {0: 3, 1: 3}
+
+
+def test_bad_val_subset_size_names_its_key() -> None:
+    with pytest.raises(UsageError, match=r"data\.val_subset_size=huge.*tiny=1000"):
+        subset_catalog(catalog([3, 3], [1, 1]), data_config(val_subset_size="huge"), seed=0)
+
+
+def test_val_subset_of_an_image_folder_through_build_data(tmp_path: Path) -> None:
+    for split, per_class in (("train", 2), ("val", 5)):
+        for label in range(3):
+            for index in range(per_class):
+                path = tmp_path / "images" / split / f"c{label}" / f"{index}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (8, 8), (label, index, 0)).save(path)
+
+    def val_files(seed: int) -> list[str]:
+        settings = {"source": "imagefolder", "path": str(tmp_path / "images"), "val_subset_size": "6"}
+        settings.update(num_workers=0, index_cache=False, train_resolution=8, eval_resolution=8)
+        config = OmegaConf.merge(
+            OmegaConf.structured(RecipeConfig), {"seed": seed, "global_batch_size": 2, "data": settings}
+        )
+        bundle = build_data(config)
+        assert (bundle.train_size, bundle.val_size) == (6, 6)
+        dataset = bundle.val.dataloader.dataset
+        assert Counter(dataset.targets) == {0: 2, 1: 2, 2: 2}
+        return [Path(path).relative_to(tmp_path).as_posix() for path, _ in dataset.samples]
+
+    assert val_files(seed=0) == val_files(seed=0)
+    assert val_files(seed=0) != val_files(seed=1)

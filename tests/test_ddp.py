@@ -29,8 +29,8 @@ import torch
 
 import evaluate
 import train
-from algorithms.run_summary import weights_digest
-from model import extract_model_state, read_checkpoint
+from training.summary import weights_digest
+from training.weights import extract_model_state, read_checkpoint
 
 # The runs train without warmup, so the LR is the same at every step of the short comparison.
 pytestmark = pytest.mark.filterwarnings("ignore:The warmup duration is 0")
@@ -40,7 +40,7 @@ COMPOSER = Path(sys.executable).parent / "composer"
 # A run stuck in a collective would otherwise hang the suite; a quiet 2-core machine needs ~20 s for 4 ranks.
 LAUNCH_TIMEOUT_S = 300
 # Left out of the launcher's environment so it picks its single-node defaults, a free MASTER_PORT included,
-# and train.py shares the CPU cores between the ranks (recipes.runtime.start_distributed).
+# and train.py shares the CPU cores between the ranks (training.runtime.start_distributed).
 LAUNCHER_VARIABLES = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "BASE_RANK", "MASTER_ADDR", "MASTER_PORT",
     "OMP_NUM_THREADS",
@@ -222,8 +222,8 @@ def test_only_rank_zero_writes_and_prints(run_name: str, request: pytest.Fixture
     run: Run = request.getfixturevalue(run_name)
     assert {path.name for path in run.folder.iterdir()} >= {"recipe.yaml", "metrics.jsonl", "summary.json"}
     assert [line["step"] for line in run.lines if line["phase"] == "train"] == list(range(1, STEPS + 1))
-    # One eval at the end of training and the final one in train.py.
-    assert len([line for line in run.lines if line["phase"] == "eval"]) == 2
+    # One eval, at the end of training: the run does not evaluate the same final weights again.
+    assert len([line for line in run.lines if line["phase"] == "eval"]) == 1
     assert run.stdout_by_rank[0].count("Run summary") == 1
     assert run.stdout_by_rank[0].count(f"{run.summary['world_size']} process(es) x batch") == 1
     for rank, stdout in run.stdout_by_rank.items():

@@ -13,8 +13,13 @@ import torchvision
 
 import evaluate
 import train
-from model import build_model_for_checkpoint, extract_model_state, read_checkpoint, to_torchvision_state_dict
-from recipes.loading import load_recipe
+from training.preflight import load_run_recipe
+from training.weights import (
+    build_model_for_checkpoint,
+    extract_model_state,
+    read_checkpoint,
+    to_torchvision_state_dict,
+)
 
 
 def evaluate_to_json(tmp_path: Path, *args: str) -> dict[str, Any]:
@@ -33,7 +38,7 @@ def test_evaluate_reproduces_train_top1(smoke_run: dict[str, Any], tmp_path: Pat
 
 def test_smoke_weights_load_into_torchvision_resnet50(smoke_run: dict[str, Any]) -> None:
     folder = smoke_run["folder"]
-    recipe = load_recipe(folder / "recipe.yaml")
+    recipe = load_run_recipe(folder / "recipe.yaml")
     weights = extract_model_state(read_checkpoint(folder / "latest-rank0.pt"))
     network = torchvision.models.resnet50(num_classes=10)
     network.load_state_dict(to_torchvision_state_dict(weights, recipe), strict=True)

@@ -1,32 +1,20 @@
-"""Tests for model.py: building the ResNet classifier and loading it back from real Composer checkpoints."""
+"""Tests for model.py: the ResNet classifier a recipe builds, its heads, initialisation and metrics."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+import math
 
 import pytest
 import torch
 import torchvision
-from composer import Callback, Trainer
-from composer.algorithms import EMA, BlurPool
-from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch import Tensor, nn
 
 import model
 from recipes.errors import UsageError
-from recipes.schema import ModelConfig, RecipeConfig
+from recipes.schema import ModelConfig
 
 NUM_CLASSES = 10
-
-
-def make_recipe(algorithms: dict[str, Any] | None = None, **model_overrides: Any) -> DictConfig:
-    """A full recipe DictConfig with the given algorithms and model keys."""
-    return OmegaConf.structured(
-        RecipeConfig(algorithms=algorithms or {}, model=ModelConfig(**model_overrides))
-    )
+BCE = "binary_cross_entropy"
 
 
 def images(seed: int = 0) -> Tensor:
@@ -37,77 +25,6 @@ def images(seed: int = 0) -> Tensor:
 def eval_outputs(network: torch.nn.Module, inputs: Tensor) -> Tensor:
     with torch.no_grad():
         return network.eval()(inputs)
-
-
-def randomize_batchnorm(network: torch.nn.Module) -> None:
-    """Non-trivial BN affine weights and running statistics, so every residual branch changes the output."""
-    generator = torch.Generator().manual_seed(1)
-    for module in network.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            shape = module.weight.shape
-            module.weight.data = 0.5 + torch.rand(shape, generator=generator)
-            module.bias.data = 0.1 * torch.randn(shape, generator=generator)
-            module.running_mean = 0.1 * torch.randn(shape, generator=generator)
-            module.running_var = 0.5 + torch.rand(shape, generator=generator)
-
-
-@dataclass
-class TrainedRun:
-    """A finished 2-batch run: its checkpoint and the training weights seen at the end of each batch."""
-
-    checkpoint_path: Path
-    trainer: Trainer
-    weights_after_batch: list[dict[str, Tensor]] = field(default_factory=list)
-
-
-class RecordTrainingWeights(Callback):
-    """Keeps the model's weights at BATCH_END, after the optimizer step and before EMA's checkpoint swap."""
-
-    def __init__(self, record: list[dict[str, Tensor]]) -> None:
-        self.record = record
-
-    def batch_end(self, state: Any, logger: Any) -> None:
-        weights = {key: value.detach().clone() for key, value in state.model.state_dict().items()}
-        self.record.append(model.strip_wrapper_prefixes(weights))
-
-
-def train_two_batches(folder: Path, recipe: DictConfig, algorithms: list[Any]) -> TrainedRun:
-    """Train the recipe's model for two batches on random images and checkpoint after each batch."""
-    torch.manual_seed(0)
-    dataset = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, NUM_CLASSES, (8,)))
-    weights: list[dict[str, Tensor]] = []
-    trainer = Trainer(
-        model=model.build_model(recipe.model, NUM_CLASSES),
-        train_dataloader=DataLoader(dataset, batch_size=4),
-        max_duration="2ba",
-        device="cpu",
-        algorithms=algorithms,
-        callbacks=[RecordTrainingWeights(weights)],
-        save_folder=str(folder),
-        save_interval="1ba",
-        progress_bar=False,
-        log_to_console=False,
-        loggers=[],
-        seed=0,
-    )
-    trainer.fit()
-    return TrainedRun(folder / "latest-rank0.pt", trainer, weights)
-
-
-@pytest.fixture(scope="module")
-def plain_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    return train_two_batches(tmp_path_factory.mktemp("plain"), make_recipe(), [])
-
-
-@pytest.fixture(scope="module")
-def blurpool_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    recipe = make_recipe({"blurpool": {}})
-    return train_two_batches(tmp_path_factory.mktemp("blurpool"), recipe, [BlurPool()])
-
-
-@pytest.fixture(scope="module")
-def ema_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    return train_two_batches(tmp_path_factory.mktemp("ema"), make_recipe(), [EMA(half_life="1ba")])
 
 
 @pytest.mark.parametrize("head", ["fc", "conv1x1"])
@@ -166,129 +83,161 @@ def test_unknown_architecture_lists_known_ones() -> None:
         model.build_model(ModelConfig(name="resnet5000"), NUM_CLASSES)
 
 
-def test_wrapper_prefixes_are_stripped() -> None:
-    weights = {"conv1.weight": torch.zeros(1), "fc.bias": torch.zeros(1)}
-    for prefix in ("module.", "module.module.", "_orig_mod.module.", "module._orig_mod."):
-        assert (
-            model.strip_wrapper_prefixes({prefix + k: v for k, v in weights.items()}).keys() == weights.keys()
-        )
+# ---- initialisation ----
 
 
-def test_compiled_model_state_dict_is_keyed_like_torchvision() -> None:
-    compiled = torch.compile(model.build_model(ModelConfig(), NUM_CLASSES))  # lazy: nothing compiles here
-    assert next(iter(compiled.state_dict())).startswith("_orig_mod.module.")
-    torchvision.models.resnet50(num_classes=NUM_CLASSES).load_state_dict(
-        model.extract_model_state(compiled.state_dict()), strict=True
+def same_weights(first: nn.Module, second: nn.Module) -> bool:
+    """Every parameter and buffer equal, bit for bit."""
+    one, two = first.state_dict(), second.state_dict()
+    return one.keys() == two.keys() and all(torch.equal(one[key], two[key]) for key in one)
+
+
+@pytest.mark.parametrize("zero_init_residual", [True, False])
+def test_default_init_is_torchvision_own_under_the_same_seed(zero_init_residual: bool) -> None:
+    """init: torchvision and the cross-entropy loss leave the network exactly as torchvision builds it."""
+    torch.manual_seed(0)
+    built = model.build_model(ModelConfig(zero_init_residual=zero_init_residual), NUM_CLASSES).module
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50(num_classes=NUM_CLASSES, zero_init_residual=zero_init_residual)
+    assert same_weights(built, reference)
+
+
+def mosaic_reference(num_classes: int, loss_name: str) -> nn.Module:
+    """Mosaic's own ``build_composer_resnet`` network, their ``weight_init`` copied verbatim from
+    mosaicml/examples@daddaeff, examples/benchmarks/resnet_imagenet/model.py."""
+    model_ = torchvision.models.resnet.resnet50(num_classes=num_classes, groups=1, width_per_group=64)
+
+    def weight_init(w: torch.nn.Module):
+        if isinstance(w, torch.nn.Linear) or isinstance(w, torch.nn.Conv2d):  # noqa: SIM101 (as published)
+            torch.nn.init.kaiming_normal_(w.weight)
+        if isinstance(w, torch.nn.BatchNorm2d):
+            w.weight.data = torch.rand(w.weight.data.shape)
+            w.bias.data = torch.zeros_like(w.bias.data)
+        if loss_name == "binary_cross_entropy" and isinstance(w, torch.nn.Linear):
+            w.bias.data = torch.ones(w.bias.shape) * -torch.log(torch.tensor(w.bias.shape[0]))
+
+    model_.apply(weight_init)
+    return model_
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", BCE])
+def test_mosaic_init_is_mosaic_own_under_the_same_seed(loss: str) -> None:
+    config = ModelConfig(init="mosaic", loss=loss, zero_init_residual=False)
+    torch.manual_seed(0)
+    built = model.build_model(config, 1000).module
+    torch.manual_seed(0)
+    assert same_weights(built, mosaic_reference(1000, loss))
+
+
+def batchnorms(network: nn.Module) -> list[nn.BatchNorm2d]:
+    return [module for module in network.modules() if isinstance(module, nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("head", ["fc", "conv1x1"])
+def test_mosaic_init_draws_kaiming_fan_in_weights_and_uniform_batchnorm_gammas(head: str) -> None:
+    network = model.build_model(ModelConfig(init="mosaic", head=head, zero_init_residual=False), 1000).module
+    weights = torch.cat([norm.weight.detach() for norm in batchnorms(network)])
+    assert weights.min() >= 0 and weights.max() < 1 and weights.mean() == pytest.approx(0.5, abs=0.02)
+    assert all(torch.count_nonzero(norm.bias) == 0 for norm in batchnorms(network))
+    # std sqrt(2 / fan_in) (PyTorch's kaiming_normal_ defaults), not torchvision's sqrt(2 / fan_out): a 1x1
+    # convolution from 512 to 2048 channels has fan_in 512 (std 0.0625) and fan_out 2048 (std 0.03125).
+    layers = [module for module in network.modules() if isinstance(module, nn.Conv2d | nn.Linear)]
+    for layer in layers:
+        weight = layer.weight.detach()
+        fan_in = weight[0].numel()
+        if weight.numel() >= 10_000:
+            assert weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.05), layer
+    # The classifier too, the 1x1-convolution head included (2048 inputs); torchvision's default Linear and
+    # PyTorch's default Conv2d draw uniform(+-1/sqrt(2048)), std 0.0128.
+    assert network.fc.weight.std().item() == pytest.approx(math.sqrt(2 / 2048), rel=0.05)
+
+
+def test_zero_init_residual_applies_after_mosaic_init() -> None:
+    network = model.build_model(ModelConfig(init="mosaic", zero_init_residual=True), NUM_CLASSES).module
+    blocks = [m for m in network.modules() if isinstance(m, torchvision.models.resnet.Bottleneck)]
+    assert all(torch.count_nonzero(block.bn3.weight) == 0 for block in blocks)
+    first = blocks[0].bn1.weight.detach()
+    assert first.min() > 0 and first.max() < 1  # the other BatchNorms keep Mosaic's uniform draw
+
+
+# ---- the loss ----
+
+
+def test_cross_entropy_is_composer_soft_cross_entropy() -> None:
+    classifier = model.build_model(ModelConfig(), NUM_CLASSES)
+    outputs = torch.randn(6, NUM_CLASSES, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(6) % NUM_CLASSES
+    expected = torch.nn.functional.cross_entropy(outputs, labels)
+    assert torch.equal(classifier.loss(outputs, (None, labels)), expected)
+
+
+def hand_bce(outputs: Tensor, targets: Tensor) -> float:
+    """Sum over classes of -t log(sigmoid(x)) - (1 - t) log(1 - sigmoid(x)), averaged over the batch."""
+    p = torch.sigmoid(outputs.double())
+    t = targets.double()
+    return (-(t * p.log() + (1 - t) * (1 - p).log())).sum(dim=1).mean().item()
+
+
+def test_binary_cross_entropy_loss_equals_the_hand_computation() -> None:
+    classifier = model.build_model(ModelConfig(loss=BCE), NUM_CLASSES)
+    outputs = torch.randn(6, NUM_CLASSES, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(6) % NUM_CLASSES
+    one_hot = torch.nn.functional.one_hot(labels, NUM_CLASSES).float()
+    mixed = 0.7 * one_hot + 0.3 * one_hot.roll(1, dims=0)  # MixUp's targets, each row summing to 1
+    assert classifier.loss(outputs, (None, labels)).item() == pytest.approx(
+        hand_bce(outputs, one_hot), rel=1e-6
+    )
+    assert classifier.loss(outputs, (None, mixed)).item() == pytest.approx(hand_bce(outputs, mixed), rel=1e-6)
+    # Not the cross-entropy's value: the loss was switched.
+    assert classifier.loss(outputs, (None, labels)).item() > 1.2 * torch.nn.functional.cross_entropy(
+        outputs, labels
     )
 
 
-def test_checkpoint_loads_into_build_model_and_torchvision(plain_run: TrainedRun) -> None:
-    recipe = make_recipe()
-    expected = eval_outputs(plain_run.trainer.state.model.module, images())
-    loaded = model.load_model_from_checkpoint(plain_run.checkpoint_path, recipe, NUM_CLASSES)
-    weights = model.extract_model_state(model.read_checkpoint(plain_run.checkpoint_path))
-    plain = torchvision.models.resnet50(num_classes=NUM_CLASSES)
-    plain.load_state_dict(model.to_torchvision_state_dict(weights, recipe), strict=True)
-    assert torch.equal(eval_outputs(loaded.module, images()), expected)
-    assert torch.equal(eval_outputs(plain, images()), expected)
+@pytest.mark.parametrize("head", ["fc", "conv1x1"])
+@pytest.mark.parametrize("init", ["torchvision", "mosaic"])
+def test_bce_classifier_starts_near_one_over_num_classes(head: str, init: str) -> None:
+    """The -log(C) bias makes every sigmoid start near 1/C (0.5 without it), so the loss starts at chance.
 
-
-def test_blurpool_checkpoint_rebuilds_with_identical_outputs(blurpool_run: TrainedRun) -> None:
-    loaded = model.load_model_from_checkpoint(
-        blurpool_run.checkpoint_path, make_recipe({"blurpool": {}}), NUM_CLASSES
-    )
-    expected = eval_outputs(blurpool_run.trainer.state.model.module, images())
-    assert torch.equal(eval_outputs(loaded.module, images()), expected)
-
-
-def test_blurpool_checkpoint_refuses_torchvision_conversion(blurpool_run: TrainedRun) -> None:
-    weights = model.extract_model_state(model.read_checkpoint(blurpool_run.checkpoint_path))
-    with pytest.raises(UsageError, match=r"BlurPool.*differs from torchvision.*load_model_from_checkpoint"):
-        model.to_torchvision_state_dict(weights, make_recipe({"blurpool": {}}))
-
-
-def test_blurpool_checkpoint_with_recipe_without_blurpool_says_so(blurpool_run: TrainedRun) -> None:
-    with pytest.raises(UsageError, match=r"unexpected .*blur.*trained with BlurPool.*recipe") as error:
-        model.load_model_from_checkpoint(blurpool_run.checkpoint_path, make_recipe(), NUM_CLASSES)
-    assert str(blurpool_run.checkpoint_path) in str(error.value)
-
-
-def test_plain_checkpoint_with_blurpool_recipe_says_so(plain_run: TrainedRun) -> None:
-    with pytest.raises(UsageError, match=r"recipe enables algorithms.blurpool"):
-        model.load_model_from_checkpoint(
-            plain_run.checkpoint_path, make_recipe({"blurpool": {}}), NUM_CLASSES
+    Measured (8 images of 32 px, 1000 classes, training mode): mean probability 1.1-2.3 x 1/C and the first
+    loss 1.0-1.17 x the chance loss (7.907) for either head and init, with or without zero_init_residual;
+    without the bias the loss would be about 1000 ln 2 = 693.
+    """
+    classes = 1000
+    for zero_init in (True, False):
+        classifier = model.build_model(
+            ModelConfig(loss=BCE, head=head, init=init, zero_init_residual=zero_init), classes
         )
+        assert torch.all(classifier.module.fc.bias == -math.log(classes))
+        with torch.no_grad():
+            outputs = classifier.module.train()(
+                torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+            )
+        assert 0.8 / classes < torch.sigmoid(outputs).mean().item() < 3 / classes
+        loss = classifier.loss(outputs, (None, torch.arange(8))).item()
+        assert loss == pytest.approx(model.chance_loss(BCE, classes), rel=0.25)
 
 
-def test_ema_checkpoint_labels_ema_and_training_weights(ema_run: TrainedRun) -> None:
-    states = model.extract_model_states(model.read_checkpoint(ema_run.checkpoint_path))
-    # Composer swaps the EMA weights into the model before checkpointing.
-    assert states["model_holds"] == "ema"
-    assert states["model"] is states["ema"]
-    first, last = ema_run.weights_after_batch
-    # half_life=1ba: smoothing 0.5, and EMA starts from the weights after batch 1.
-    for key, value in states["ema"].items():
-        if value.is_floating_point():
-            torch.testing.assert_close(value, 0.5 * first[key] + 0.5 * last[key])
-    for key, value in states["raw"].items():
-        assert torch.equal(value, last[key]), key
-    assert not torch.equal(states["ema"]["fc.weight"], states["raw"]["fc.weight"])
+def test_chance_loss_is_the_loss_of_a_uniform_guess() -> None:
+    """What Composer's own losses give for logits whose softmax (CE) or sigmoid (BCE) is 1/C everywhere."""
+    labels = torch.arange(NUM_CLASSES)
+    one_hot = torch.nn.functional.one_hot(labels, NUM_CLASSES).float()
+    mixed = 0.75 * one_hot + 0.25 * one_hot.roll(1, dims=0)  # MixUp's targets: the same value
+    sigmoid_at_chance = torch.full(
+        (NUM_CLASSES, NUM_CLASSES), -math.log(NUM_CLASSES - 1), dtype=torch.float64
+    )
+    for loss, logits in (
+        ("cross_entropy", torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.float64)),
+        (BCE, sigmoid_at_chance),
+    ):
+        for targets in (labels, mixed.double()):
+            composer_value = model.LOSSES[loss](logits, targets).item()
+            assert composer_value == pytest.approx(model.chance_loss(loss, NUM_CLASSES), rel=1e-6)
+    assert model.chance_loss(BCE, 1000) == pytest.approx(7.907, abs=1e-3)
 
 
-def test_ema_labels_follow_ema_weights_active(ema_run: TrainedRun) -> None:
-    """A checkpoint taken while the training weights are in the model (as between eval and the next batch)."""
-    checkpoint = model.read_checkpoint(ema_run.checkpoint_path)
-    saved = model.extract_model_states(checkpoint)
-    ema_state = dict(checkpoint["state"]["algorithms"])["EMA"]
-    checkpoint["state"]["model"] = {"module." + k: v for k, v in saved["raw"].items()}
-    for part in ("named_parameters_dict", "named_buffers_dict"):
-        stored = ema_state["ema_model"][part]
-        stored.update({key: saved["ema"][key.removeprefix("module.")] for key in stored})
-    ema_state["ema_weights_active"] = False
-    states = model.extract_model_states(checkpoint)
-    assert states["model_holds"] == "raw"
-    assert all(torch.equal(states["ema"][k], saved["ema"][k]) for k in saved["ema"])
-    assert all(torch.equal(states["raw"][k], saved["raw"][k]) for k in saved["raw"])
-
-
-def test_load_chooses_ema_or_raw_weights(ema_run: TrainedRun, plain_run: TrainedRun) -> None:
-    recipe = make_recipe()
-    raw = model.load_model_from_checkpoint(ema_run.checkpoint_path, recipe, NUM_CLASSES, weights="raw")
-    auto = model.load_model_from_checkpoint(ema_run.checkpoint_path, recipe, NUM_CLASSES)
-    ema_fc = model.extract_model_states(model.read_checkpoint(ema_run.checkpoint_path))["ema"]["fc.weight"]
-    assert torch.equal(auto.module.fc.weight, ema_fc)
-    assert torch.equal(raw.module.fc.weight, ema_run.weights_after_batch[-1]["fc.weight"])
-    with pytest.raises(UsageError, match="no 'ema' weights"):
-        model.load_model_from_checkpoint(plain_run.checkpoint_path, recipe, NUM_CLASSES, weights="ema")
-
-
-def test_truncated_checkpoint_names_the_file(plain_run: TrainedRun, tmp_path: Path) -> None:
-    truncated = tmp_path / "ep0-ba2-rank0.pt"
-    data = plain_run.checkpoint_path.read_bytes()
-    truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(UsageError, match=f"{truncated}.*truncated"):
-        model.read_checkpoint(truncated)
-
-
-def test_stochastic_depth_keeps_keys_and_folds_into_torchvision() -> None:
-    recipe = make_recipe({"stochastic_depth": {"drop_rate": 0.5}}, zero_init_residual=False)
-    trained = model.build_model(recipe.model, NUM_CLASSES).module
-    randomize_batchnorm(trained)
-    weights = trained.state_dict()
-    rebuilt = model.build_model_for_checkpoint(recipe, NUM_CLASSES, weights).module
-    assert rebuilt.state_dict().keys() == weights.keys()  # Composer's StochasticDepth adds no keys...
-    unfolded = torchvision.models.resnet50(num_classes=NUM_CLASSES)
-    unfolded.load_state_dict(weights, strict=True)
-    # ...but scales each residual branch by (1 - drop_rate) at eval, which the conversion folds into bn3.
-    assert not torch.allclose(eval_outputs(unfolded, images()), eval_outputs(rebuilt, images()))
-    folded = torchvision.models.resnet50(num_classes=NUM_CLASSES)
-    folded.load_state_dict(model.to_torchvision_state_dict(weights, recipe), strict=True)
-    torch.testing.assert_close(eval_outputs(folded, images()), eval_outputs(rebuilt, images()))
-
-
-def test_conv1x1_head_converts_to_torchvision_with_same_outputs() -> None:
-    recipe = make_recipe(head="conv1x1", zero_init_residual=False)
-    network = model.build_model(recipe.model, NUM_CLASSES).module
-    plain = torchvision.models.resnet50(num_classes=NUM_CLASSES)
-    plain.load_state_dict(model.to_torchvision_state_dict(network.state_dict(), recipe), strict=True)
-    torch.testing.assert_close(eval_outputs(plain, images()), eval_outputs(network, images()))
+def test_unknown_loss_or_init_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match=r"model.loss='hinge'.*binary_cross_entropy"):
+        model.build_model(ModelConfig(loss="hinge"), NUM_CLASSES)
+    with pytest.raises(UsageError, match=r"model.init='xavier'.*mosaic"):
+        model.build_model(ModelConfig(init="xavier"), NUM_CLASSES)

@@ -1,0 +1,117 @@
+"""Recipe loading: bases, overrides, strict validation with key paths and suggestions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recipes.errors import UsageError
+from recipes.loading import RECIPES_DIR, available_recipes, load_recipe, resolve_recipe_path
+
+SHIPPED = ["smoke", "colab", "g4dn_xlarge", "g4dn_12xlarge", "troubleshoot_subset"]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_every_phase_recipe_ships_and_loads() -> None:
+    assert set(SHIPPED) <= set(available_recipes())
+    for name in SHIPPED:
+        config = load_recipe(name)
+        assert config.global_batch_size > 0
+
+
+def test_default_recipe_is_smoke_on_bundled_digits() -> None:
+    config = load_recipe(None)
+    assert resolve_recipe_path(None).name == "smoke.yaml"
+    assert config.data.source == "digits"
+
+
+def test_override_changes_nested_value_with_its_type() -> None:
+    config = load_recipe(
+        "smoke", ["optimizer.base_lr=0.05", "data.path=/data/imagenet", "data.num_workers=3"]
+    )
+    assert config.optimizer.base_lr == pytest.approx(0.05)
+    assert config.data.path == "/data/imagenet"
+    assert config.data.num_workers == 3
+
+
+def test_unknown_key_names_full_path_and_suggests() -> None:
+    with pytest.raises(UsageError, match=r"Unknown key 'data\.num_worker'.*Did you mean 'num_workers'"):
+        load_recipe("smoke", ["data.num_worker=4"])
+
+
+def test_unknown_top_level_key_in_file_names_file(tmp_path: Path) -> None:
+    recipe = write(tmp_path / "r.yaml", "max_durration: 3ep\n")
+    with pytest.raises(UsageError, match=r"max_durration.*r\.yaml.*Did you mean 'max_duration'"):
+        load_recipe(recipe)
+
+
+def test_wrong_type_names_key() -> None:
+    with pytest.raises(UsageError, match=r"data\.num_workers"):
+        load_recipe("smoke", ["data.num_workers=many"])
+
+
+def test_bad_choice_suggests() -> None:
+    with pytest.raises(UsageError, match=r"precision.*Did you mean 'amp_fp16'"):
+        load_recipe("smoke", ["precision=amp_fp61"])
+
+
+def test_bad_time_string_names_key() -> None:
+    with pytest.raises(UsageError, match=r"max_duration.*Composer time"):
+        load_recipe("smoke", ["max_duration=ten"])
+
+
+def test_malformed_override() -> None:
+    with pytest.raises(UsageError, match="key=value"):
+        load_recipe("smoke", ["optimizer.base_lr"])
+
+
+def test_unknown_source_suggests() -> None:
+    with pytest.raises(UsageError, match=r"data\.source.*Did you mean 'imagefolder'"):
+        load_recipe("smoke", ["data.source=imagefoldr"])
+
+
+def test_missing_recipe_lists_available() -> None:
+    with pytest.raises(UsageError, match="smoke"):
+        load_recipe("no_such_recipe")
+
+
+def test_base_is_merged_under_recipe(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", "global_batch_size: 64\nmax_duration: 7ep\n")
+    recipe = write(tmp_path / "child.yaml", "base: base.yaml\nmax_duration: 2ep\n")
+    config = load_recipe(recipe)
+    assert config.global_batch_size == 64
+    assert config.max_duration == "2ep"
+
+
+def test_base_cycle_is_reported(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", "base: b.yaml\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(UsageError, match="builds on itself"):
+        load_recipe(tmp_path / "a.yaml")
+
+
+def test_named_algorithm_set_is_reused_and_can_be_switched_off(tmp_path: Path) -> None:
+    recipe = write(tmp_path / "r.yaml", f"base: {RECIPES_DIR / 'algorithm_sets' / 'medium.yaml'}\n")
+    config = load_recipe(recipe, ["algorithms.mixup=null"])
+    assert "blurpool" in config.algorithms and "sam" in config.algorithms
+    assert config.algorithms.mixup is None
+
+
+def test_print_config_shows_resolved_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+    import train
+
+    assert train.main(["smoke", "optimizer.base_lr=0.3", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "base_lr: 0.3" in out and "source: digits" in out
+
+
+def test_train_cli_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    import train
+
+    assert train.main(["smoke", "data.sorce=digits"]) == 2
+    assert "Did you mean 'source'" in capsys.readouterr().err

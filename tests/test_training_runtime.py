@@ -1,0 +1,100 @@
+"""Runtime resolution: GPU-only settings fall back on CPU with a note, or fail clearly where they cannot."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from composer import Trainer
+from omegaconf import OmegaConf
+
+from model import build_model
+from recipes.errors import UsageError
+from recipes.schema import ModelConfig
+from training.preflight import load_run_recipe
+from training.runtime import resolve_runtime, start_distributed
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_cpu_falls_back_to_fp32_and_no_auto_microbatching() -> None:
+    runtime = resolve_runtime(load_run_recipe("g4dn_12xlarge"), cuda_available=False)
+    assert runtime.device == "cpu" and runtime.precision == "fp32"
+    assert runtime.device_train_microbatch_size is None
+    assert any("amp_fp16" in note for note in runtime.notes)
+
+
+def test_gpu_keeps_mixed_precision() -> None:
+    runtime = resolve_runtime(load_run_recipe("colab"), cuda_available=True)
+    assert runtime.device == "gpu" and runtime.precision == "amp_fp16" and not runtime.notes
+
+
+def test_device_gpu_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(UsageError, match="no CUDA GPU"):
+        resolve_runtime(load_run_recipe("smoke", ["device=gpu"]), cuda_available=False)
+
+
+def test_per_device_batch_is_global_batch() -> None:
+    runtime = resolve_runtime(load_run_recipe("g4dn_12xlarge"), cuda_available=False)
+    assert runtime.world_size == 1 and runtime.per_device_batch_size == 1024
+
+
+def test_compile_switch_reaches_composer_which_compiles_the_forward() -> None:
+    runtime = resolve_runtime(load_run_recipe("smoke", ["compile=true"]), cuda_available=False)
+    assert runtime.compile_config == {}
+    model = build_model(OmegaConf.structured(ModelConfig), 10)
+    trainer = Trainer(model=model, device="cpu", compile_config=runtime.compile_config, progress_bar=False)
+    # Composer wraps the model's forward with TorchDynamo; compilation itself happens at the first batch.
+    assert hasattr(trainer.state.model.forward, "_torchdynamo_orig_callable")
+    assert resolve_runtime(load_run_recipe("smoke"), cuda_available=False).compile_config is None
+    assert isinstance(trainer.state.model, torch.nn.Module)
+
+
+def test_cudnn_autotuning_is_on_for_gpu_runs_unless_switched_off_or_deterministic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def benchmark(*overrides: str, cuda: bool = True, before: bool) -> bool:
+        runtime = resolve_runtime(load_run_recipe("g4dn_xlarge", list(overrides)), cuda_available=cuda)
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", before)
+        start_distributed(runtime)
+        return torch.backends.cudnn.benchmark
+
+    assert benchmark(before=False) is True
+    assert benchmark("cudnn_benchmark=false", before=True) is False
+    assert benchmark("deterministic=true", before=True) is False
+    assert benchmark(cuda=False, before=False) is False  # a CPU run leaves the backend as it was
+    assert benchmark(cuda=False, before=True) is True
+
+
+def test_the_process_group_waits_dist_timeout_for_the_other_ranks() -> None:
+    """Rank 0 of two with no second rank: the start-up gives up after the recipe's dist_timeout (Composer's 300 s
+    default would hang this test for five minutes)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = (
+        "import time\n"
+        "from training.preflight import load_run_recipe\n"
+        "from training.runtime import resolve_runtime, start_distributed\n"
+        "runtime = resolve_runtime(load_run_recipe('smoke', ['dist_timeout=3']), cuda_available=False)\n"
+        "started = time.monotonic()\n"
+        "try:\n"
+        "    start_distributed(runtime)\n"
+        "except Exception as error:\n"
+        "    print(type(error).__name__, round(time.monotonic() - started))\n"
+    )
+    env = {
+        **os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+        "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+    }  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    name, seconds = result.stdout.split()
+    assert "Timeout" in name or "Store" in name, result.stdout + result.stderr
+    assert 3 <= int(seconds) < 30

@@ -1,0 +1,271 @@
+"""Optimizer and learning-rate schedule from a recipe, with the LR scaled from its per-256 base by the batch size.
+
+Composer has the optimizers and warmup schedules; what it lacks is the batch-size rule (recipes state one LR per
+256 images so a phase can change its batch without re-tuning), parameter groups that keep weight decay off
+BatchNorm and bias parameters, and LARS (MoCo v3's optimizer for ResNet-50 pretraining).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from composer.optim import (
+    ComposerScheduler,
+    ConstantWithWarmupScheduler,
+    CosineAnnealingWithWarmupScheduler,
+    DecoupledAdamW,
+    DecoupledSGDW,
+    LinearWithWarmupScheduler,
+)
+from omegaconf import DictConfig
+
+from recipes.durations import is_zero, run_steps, steps_in
+from recipes.errors import UsageError
+
+REFERENCE_BATCH_SIZE = 256
+
+
+@dataclass(frozen=True)
+class LearningRatePlan:
+    """The applied learning rate and how it was derived, printed at start and saved in the summary."""
+
+    base_lr: float
+    global_batch_size: int
+    rule: str
+    lr: float
+
+    def describe(self) -> str:
+        """One line a person can check by hand."""
+        ratio = self.global_batch_size / REFERENCE_BATCH_SIZE
+        factor = {"linear": f"{ratio:g}", "sqrt": f"sqrt({ratio:g})", "none": "1"}[self.rule]
+        return (
+            f"LR {self.lr:.6g} = base_lr {self.base_lr:g} per {REFERENCE_BATCH_SIZE} images x {factor} "
+            f"({self.rule} rule, global batch {self.global_batch_size})"
+        )
+
+
+def batch_size_factor(global_batch_size: int, rule: str) -> float:
+    """What the linear (Goyal et al. 2017) or square-root rule multiplies a per-256 base LR by."""
+    ratio = global_batch_size / REFERENCE_BATCH_SIZE
+    factors = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}
+    if rule not in factors:
+        raise UsageError(f"'optimizer.lr_scaling' is '{rule}'; use one of {', '.join(factors)}.")
+    return factors[rule]
+
+
+def scale_learning_rate(base_lr: float, global_batch_size: int, rule: str) -> LearningRatePlan:
+    """Apply the linear (Goyal et al. 2017) or square-root batch-size rule to a per-256 base LR."""
+    return LearningRatePlan(
+        base_lr, global_batch_size, rule, base_lr * batch_size_factor(global_batch_size, rule)
+    )
+
+
+def base_lr_for(lr: float, global_batch_size: int, rule: str) -> float:
+    """The per-256 ``optimizer.base_lr`` that the batch-size rule turns into the applied ``lr`` (the inverse)."""
+    return lr / batch_size_factor(global_batch_size, rule)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, exclude_bn_and_bias: bool) -> list[dict]:
+    """One group, or two when BatchNorm weights and biases (all 1-D parameters) are kept out of weight decay."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if not exclude_bn_and_bias:
+        return [{"params": parameters, "weight_decay": weight_decay}]
+    decayed = [p for p in parameters if p.ndim > 1]
+    not_decayed = [p for p in parameters if p.ndim <= 1]
+    return [
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": not_decayed, "weight_decay": 0.0},
+    ]
+
+
+class LARS(torch.optim.Optimizer):
+    """MoCo v3's LARS: SGD momentum on a per-tensor trust-scaled update, with 1-D parameters left plain.
+
+    As facebookresearch/moco-v3 ``moco/optimizer.py`` lines 10-43 (commit c349e6e): for a parameter with
+    ``ndim > 1`` the update is ``dp = grad + weight_decay * p`` scaled by the trust ratio
+    ``trust_coefficient * ||p|| / ||dp||`` (1 where either norm is 0); BatchNorm weights and biases (1-D) take the
+    plain gradient, with neither weight decay nor trust scaling, whatever their group's ``weight_decay``. Then
+    ``mu = momentum * mu + dp`` and ``p -= lr * mu``. The weight decay is coupled (inside the trust-scaled update),
+    unlike Composer's decoupled optimizers, and nothing reads ``initial_lr``. ``main_moco.py`` lines 224-227 build
+    it over ``model.parameters()`` with the linear per-256 LR of line 190, and its schedule (lines 420-428) sets
+    every group's ``lr``, which Composer's schedulers do here.
+
+    ``step`` takes Composer's ``closure`` (the official one takes none): Composer's Trainer passes one unless
+    precision is amp_fp16 (composer/trainer/trainer.py:2684 and ``_use_closures`` at :3641), and
+    ``torch.distributed.checkpoint``'s state-dict helpers call ``step(closure=None)`` on a fresh optimizer
+    (torch/distributed/checkpoint/state_dict.py:644).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "trust_coefficient": trust_coefficient,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One LARS step on every parameter that has a gradient; returns the closure's loss if given one."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is None:
+                    continue
+                update = parameter.grad
+                if parameter.ndim > 1:
+                    update = update.add(parameter, alpha=group["weight_decay"])
+                    parameter_norm = torch.linalg.vector_norm(parameter)
+                    update_norm = torch.linalg.vector_norm(update)
+                    trust_ratio = torch.where(
+                        (parameter_norm > 0) & (update_norm > 0),
+                        group["trust_coefficient"] * parameter_norm / update_norm,
+                        torch.ones_like(parameter_norm),
+                    )
+                    update = update.mul(trust_ratio)
+                state = self.state[parameter]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(parameter)
+                state["mu"].mul_(group["momentum"]).add_(update)
+                parameter.add_(state["mu"], alpha=-group["lr"])
+        return loss
+
+
+def build_optimizer(
+    model: torch.nn.Module, optimizer_cfg: DictConfig, global_batch_size: int
+) -> tuple[torch.optim.Optimizer, LearningRatePlan]:
+    """Composer's decoupled SGDW or AdamW, or MoCo v3's LARS, at the batch-scaled learning rate."""
+    plan = scale_learning_rate(optimizer_cfg.base_lr, global_batch_size, optimizer_cfg.lr_scaling)
+    groups = parameter_groups(
+        model, optimizer_cfg.weight_decay, optimizer_cfg.exclude_bn_and_bias_from_weight_decay
+    )
+    if optimizer_cfg.name == "decoupled_sgdw":
+        optimizer = DecoupledSGDW(
+            groups,
+            lr=plan.lr,
+            momentum=optimizer_cfg.momentum,
+            nesterov=optimizer_cfg.nesterov,
+            weight_decay=optimizer_cfg.weight_decay,
+        )
+    elif optimizer_cfg.name == "decoupled_adamw":
+        optimizer = DecoupledAdamW(
+            groups,
+            lr=plan.lr,
+            betas=tuple(optimizer_cfg.betas),
+            eps=optimizer_cfg.eps,
+            weight_decay=optimizer_cfg.weight_decay,
+        )
+    elif optimizer_cfg.name == "lars":
+        if optimizer_cfg.nesterov:
+            raise UsageError(
+                "'optimizer.nesterov' is true, but lars uses plain momentum (MoCo v3's LARS has no Nesterov "
+                "step); set optimizer.nesterov=false, or use decoupled_sgdw."
+            )
+        if optimizer_cfg.trust_coefficient <= 0:
+            raise UsageError(
+                f"'optimizer.trust_coefficient' is {optimizer_cfg.trust_coefficient}; LARS needs a positive "
+                "one (at 0 no weight matrix moves); MoCo v3 uses 0.001."
+            )
+        optimizer = LARS(
+            groups,
+            lr=plan.lr,
+            momentum=optimizer_cfg.momentum,
+            weight_decay=optimizer_cfg.weight_decay,
+            trust_coefficient=optimizer_cfg.trust_coefficient,
+        )
+    else:
+        raise UsageError(
+            f"'optimizer.name' is '{optimizer_cfg.name}'; use decoupled_sgdw, decoupled_adamw or lars."
+        )
+    return optimizer, plan
+
+
+class PeakAnchoredOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
+    """PyTorch's OneCycleLR whose param groups keep ``initial_lr`` at the peak LR, as Composer's schedules do.
+
+    Composer's decoupled optimizers decay by ``weight_decay * lr / initial_lr`` (composer/optim/
+    decoupled_weight_decay.py:121 and :276), taking ``initial_lr`` for the peak. OneCycleLR stores its starting LR,
+    ``max_lr / div_factor``, under that same key (torch/optim/lr_scheduler.py:1948) and reads it back through its
+    phase table, which would make the decay ``div_factor`` (25x) too strong at the peak. Here the starting LR lives
+    under its own key, and ``initial_lr`` is the peak again, so the decay is ``weight_decay * lr / peak`` at every
+    step. The schedule itself is unchanged, and the renamed table and keys are saved in checkpoints with it.
+    """
+
+    START_LR_KEY = "one_cycle_start_lr"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, **arguments: Any) -> None:
+        super().__init__(optimizer, **arguments)
+        for group in optimizer.param_groups:
+            group[self.START_LR_KEY] = group["initial_lr"]
+            group["initial_lr"] = group["max_lr"]
+        for phase in self._schedule_phases:
+            for key in ("start_lr", "end_lr"):
+                if phase[key] == "initial_lr":
+                    phase[key] = self.START_LR_KEY
+
+
+def warmup_steps(
+    scheduler_cfg: DictConfig, *, batches_per_epoch: int, global_batch_size: int, total_steps: int
+) -> int:
+    """The warmup in optimizer steps: one_cycle rises for ``pct_start`` of the run (its ``t_warmup`` does not
+    apply), the warmup schedules for ``t_warmup``."""
+    if scheduler_cfg.name == "one_cycle":
+        return int(scheduler_cfg.pct_start * total_steps)
+    return steps_in(
+        scheduler_cfg.t_warmup,
+        "scheduler.t_warmup",
+        batches_per_epoch=batches_per_epoch,
+        global_batch_size=global_batch_size,
+        total_steps=total_steps,
+    )
+
+
+def build_scheduler(
+    scheduler_cfg: DictConfig,
+    optimizer: torch.optim.Optimizer,
+    max_duration: str,
+    batches_per_epoch: int,
+    global_batch_size: int,
+) -> ComposerScheduler | torch.optim.lr_scheduler.LRScheduler:
+    """The recipe's schedule: Composer's warmup schedules, or PyTorch's OneCycleLR stepped every batch (with the
+    recipe's momentum and Composer's weight-decay scaling: ``PeakAnchoredOneCycleLR``)."""
+    # Composer's schedulers need a unit; a recipe's bare 0 means no warmup.
+    warmup = "0ba" if is_zero(scheduler_cfg.t_warmup, "scheduler.t_warmup") else str(scheduler_cfg.t_warmup)
+    if scheduler_cfg.name == "cosine_warmup":
+        return CosineAnnealingWithWarmupScheduler(t_warmup=warmup, alpha_f=scheduler_cfg.alpha_f)
+    if scheduler_cfg.name == "linear_warmup":
+        return LinearWithWarmupScheduler(t_warmup=warmup, alpha_f=scheduler_cfg.alpha_f)
+    if scheduler_cfg.name == "constant_warmup":
+        return ConstantWithWarmupScheduler(t_warmup=warmup)
+    if scheduler_cfg.name == "one_cycle":
+        return PeakAnchoredOneCycleLR(
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=run_steps(
+                max_duration, batches_per_epoch=batches_per_epoch, global_batch_size=global_batch_size
+            ),
+            pct_start=scheduler_cfg.pct_start,
+            div_factor=scheduler_cfg.div_factor,
+            final_div_factor=scheduler_cfg.final_div_factor,
+            # The recipe's optimizer.momentum (or betas) holds at every step, as under the other schedules.
+            cycle_momentum=False,
+        )
+    raise UsageError(
+        f"'scheduler.name' is '{scheduler_cfg.name}'; use cosine_warmup, linear_warmup, constant_warmup "
+        "or one_cycle."
+    )

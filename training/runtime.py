@@ -1,0 +1,123 @@
+"""Turn a validated recipe into what this machine can run: device, precision, microbatching, compile settings.
+
+GPU-only settings must still run on a CPU laptop and in CI: Composer refuses mixed precision on CPU, so the CPU
+falls back to fp32 and says so; ``device_train_microbatch_size: auto`` needs a GPU, so the CPU uses no
+microbatching and says so.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from composer.utils import dist
+from omegaconf import DictConfig
+
+from data.loaders import split_batch_over_processes
+from recipes.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Settings handed to Composer's Trainer, plus the notes explaining any fallback."""
+
+    device: str
+    precision: str
+    device_train_microbatch_size: int | str | None
+    compile_config: dict[str, Any] | None
+    world_size: int
+    per_device_batch_size: int
+    notes: tuple[str, ...]
+    # cuDNN autotuning: on a GPU unless the recipe turns it off or asks for deterministic mode.
+    cudnn_benchmark: bool = False
+    # Seconds any process waits for the others at a collective (the recipe's dist_timeout).
+    dist_timeout: float = 300.0
+
+
+def resolve_runtime(config: DictConfig, *, cuda_available: bool | None = None) -> Runtime:
+    """Pick device and precision for this machine, checking the batch divides over the devices."""
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    notes: list[str] = []
+    if config.device == "gpu" and not cuda:
+        raise UsageError(
+            "The recipe sets device=gpu but no CUDA GPU is visible; set device=auto or device=cpu."
+        )
+    device = "gpu" if config.device == "gpu" or (config.device == "auto" and cuda) else "cpu"
+
+    precision = str(config.precision)  # a plain string for Composer and summary.json
+    if device == "cpu" and precision != "fp32":
+        notes.append(f"precision={precision} needs a GPU; running in fp32 on the CPU.")
+        precision = "fp32"
+
+    microbatch = config.device_train_microbatch_size
+    if microbatch == "auto" and device == "cpu":
+        notes.append(
+            "device_train_microbatch_size=auto needs a GPU; training without microbatches on the CPU."
+        )
+        microbatch = None
+
+    world_size = dist.get_world_size()
+    per_device = split_batch_over_processes("global_batch_size", config.global_batch_size, world_size)
+    if isinstance(microbatch, int) and per_device % microbatch:
+        raise UsageError(
+            f"device_train_microbatch_size={microbatch} does not divide the per-device batch {per_device}; "
+            "use a divisor of it."
+        )
+    compile_config = {} if config.compile else None
+    cudnn_benchmark = device == "gpu" and config.cudnn_benchmark and not config.deterministic
+    return Runtime(
+        device,
+        precision,
+        microbatch,
+        compile_config,
+        world_size,
+        per_device,
+        tuple(notes),
+        cudnn_benchmark=cudnn_benchmark,
+        dist_timeout=float(config.dist_timeout),
+    )
+
+
+def start_distributed(runtime: Runtime) -> None:
+    """Join the process group early (a no-op for one process) so data samplers and run names agree across ranks,
+    with the recipe's ``dist_timeout`` (rank 0 alone may spend minutes on S3 or a cold file tree first), and set
+    cuDNN's autotuning as the runtime says.
+
+    On a CPU, the processes of one machine share its cores: Composer's launcher does not set OMP_NUM_THREADS
+    (torchrun does), and N processes each using every core ran a 2-rank test 6x slower on 2 cores.
+    """
+    from composer.devices import DeviceCPU, DeviceGPU
+
+    if dist.get_world_size() > 1 and not dist.is_initialized():
+        dist.initialize_dist(DeviceGPU() if runtime.device == "gpu" else DeviceCPU(), runtime.dist_timeout)
+    local_processes = dist.get_local_world_size()
+    if runtime.device == "cpu" and local_processes > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, torch.get_num_threads() // local_processes))
+    if runtime.device == "gpu":
+        torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
+
+
+def agree_on_run_name(configured: str | None, recipe_name: str) -> str:
+    """The recipe's run name, or one made from the recipe and start time that every rank shares."""
+    import time
+
+    name = configured or f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if dist.get_world_size() > 1:
+        names = [name]
+        dist.broadcast_object_list(names, src=0)
+        name = names[0]
+    return name
+
+
+def silence_expected_warnings() -> None:
+    """Hide Composer warnings that are expected in this project and would only alarm people.
+
+    A short last eval batch cannot be split into microbatches (harmless), and evaluate.py builds a Trainer
+    without an optimizer on purpose.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Cannot split tensor of length")
+    warnings.filterwarnings("ignore", message="No optimizer was specified")
