@@ -13,8 +13,11 @@ $(PY):
 	$(PY) -m pip install --upgrade pip
 
 # The marker is rebuilt when pyproject.toml changes, so a second `make` does not reinstall.
-$(VENV)/.installed: pyproject.toml | $(PY)
+# mosaicml-streaming goes in without its declared dependencies (why: pyproject.toml); those it imports are there.
+STREAMING := mosaicml-streaming==0.13.0
+$(VENV)/.installed: pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install --no-deps "$(STREAMING)"
 	touch $@
 
 install: $(VENV)/.installed

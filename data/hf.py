@@ -81,6 +81,16 @@ class RowImages:
     def __call__(self, index: int) -> Image.Image:
         return open_encoded(self.dataset[index]["image"])
 
+    def encoded(self, index: int) -> bytes:
+        """Row ``index``'s image as stored (scripts/convert_to_mds.py copies these bytes)."""
+        cell = self.dataset[index]["image"]
+        if cell.get("bytes"):
+            return cell["bytes"]
+        if cell.get("path"):
+            with open(cell["path"], "rb") as file:
+                return file.read()
+        raise ImageDecodeError("the row holds neither image bytes nor a path")
+
 
 class StreamedImages(VisionDataset, torch.utils.data.IterableDataset):
     """A streamed split as a torchvision ``VisionDataset`` (for Composer's RandAugment) that PyTorch iterates.

@@ -19,7 +19,7 @@ from composer.core import DataSpec
 from composer.utils import dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from data import digits, hf, ilsvrc, imagefolder, synthetic
+from data import digits, hf, ilsvrc, imagefolder, streaming, synthetic
 from data.bad_images import BadImageLog
 from data.resumable_sampler import ResumableSampler
 from data.samples import Catalog, Split
@@ -36,6 +36,7 @@ SOURCES: dict[DataSource, Callable[..., Catalog]] = {
     DataSource.ilsvrc: ilsvrc.build_catalog,
     DataSource.hf: hf.build_catalog,
     DataSource.synthetic: synthetic.build_catalog,
+    DataSource.streaming: streaming.build_catalog,
 }
 
 
@@ -81,6 +82,8 @@ def build_data(
     bad_images = BadImageLog(bad_image_list, data.on_bad_image)
     normalise = microbatch_transform(data)
     pin_memory = data.pin_memory and device == "gpu"
+    if data.source == DataSource.streaming:
+        streaming.endpoint_environment(cfg.s3_endpoint_url)
     catalog = subset_catalog(builder(data, seed=cfg.seed, train=train), data, cfg.seed)
     val_dataset = catalog.val.to_dataset(catalog.classes, eval_transform(data), bad_images)
     val_loader = make_loader(
@@ -90,6 +93,8 @@ def build_data(
     if catalog.train is not None:
         # task=moco_v3: two views per image, labels carried along but ignored by the pretraining model.
         transform = train_transform(data, cfg.task)
+        if isinstance(catalog.train, streaming.StreamSplit):
+            catalog.train.batch_size = train_batch  # Streaming partitions the samples by the per-process batch
         train_dataset = catalog.train.to_dataset(catalog.classes, transform, bad_images)
         train_size = _total_size(train_dataset, world_size)
         loader = make_loader(

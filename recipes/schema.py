@@ -70,6 +70,18 @@ class DataSource(Choice):
     ilsvrc = "ilsvrc"
     hf = "hf"
     synthetic = "synthetic"
+    streaming = "streaming"
+
+
+class ShuffleAlgo(Choice):
+    """MosaicML Streaming's shuffle algorithms (``streaming.base.shuffle``); py1e is its default."""
+
+    py1b = "py1b"
+    py1br = "py1br"
+    py1e = "py1e"
+    py1s = "py1s"
+    py2s = "py2s"
+    naive = "naive"
 
 
 class Interpolation(Choice):
@@ -164,6 +176,35 @@ class TwoViewsConfig:
 
 
 @dataclass
+class StreamingConfig:
+    """How ``data.source: streaming`` reads MDS shards (MosaicML Streaming's ``StreamingDataset`` arguments).
+
+    The training split is shuffled by Streaming over the canonical nodes, so every node downloads only the
+    shards of its own partition and a resumed run continues from the checkpointed sample; validation is read
+    by index, each image once.
+    """
+
+    # Shuffle algorithm and the number of samples shuffled together per block (None: Streaming's default,
+    # max(4M / num_canonical_nodes, 2^18)); shuffle_seed None takes the recipe's seed.
+    shuffle_algo: ShuffleAlgo = ShuffleAlgo.py1e
+    shuffle_block_size: int | None = None
+    shuffle_seed: int | None = None
+    # Samples to download ahead of the one being read, per worker (None: Streaming's max(batch_size, 256) x 8).
+    predownload: int | None = None
+    # Cap on the local cache ("50gb"; None: keep every shard downloaded). Shards past it are evicted, coldest
+    # first, and downloaded again when needed.
+    cache_limit: str | None = None
+    # The partition the shuffle is defined over. Keep it fixed for a run: None is the number of nodes at the
+    # first launch, so a run resumed on another node count keeps its sample order.
+    num_canonical_nodes: int | None = None
+    # Seconds one shard may take to download before the run fails naming it.
+    download_timeout: float = 60.0
+    # Checksum each downloaded shard against the one its index records (scripts/convert_to_mds.py writes
+    # xxh64; null skips the check, for shards written without it). A corrupt shard stops the run naming it.
+    validate_hash: str | None = "xxh64"
+
+
+@dataclass
 class DataConfig:
     """Where the images come from, which of them, and how they are transformed and loaded."""
 
@@ -183,6 +224,11 @@ class DataConfig:
     hf_streaming: bool = False
     # hf: environment variable holding the hub token (imagenet-1k is gated).
     hf_token_env: str = "HF_TOKEN"
+    # streaming: where the MDS shards written by scripts/convert_to_mds.py are (s3://bucket/prefix or a folder,
+    # holding <train_split>/ and <val_split>/), and this machine's cache folder for the shards it downloads.
+    remote: str | None = None
+    local: str = "~/.cache/mosaic-resnet50/mds"
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
     # synthetic: class count and sample counts (other sources take the class count from the data).
     num_classes: int = 1000
     synthetic_train_samples: int = 512
