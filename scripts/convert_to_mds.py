@@ -1,7 +1,7 @@
 """Write a recipe's data as MDS shards, to a folder or ``s3://``, for ``data.source: streaming``.
 
     python scripts/convert_to_mds.py RECIPE [data.KEY=VALUE ...] --out s3://bucket/imagenet-mds \\
-        [--endpoint-url URL] [--workers 8] [--group-size 10000] [--shard-size-mb 64] \\
+        [--endpoint-url URL] [--workers 8] [--group-size 10000] [--shard-size 64mb] \\
         [--short-side 256 [--quality 90]] [--verify 64|all] [--dry-run]
 
 Any source this project reads (imagefolder, ilsvrc, hf, digits, synthetic) is read as the recipe describes it,
@@ -166,13 +166,13 @@ class Destination:
 
 
 def write_group(
-    split: Split, samples: list[tuple[Any, int]], encoding: Encoding, shard_bytes: int, folder: str
+    split: Split, samples: list[tuple[Any, int]], encoding: Encoding, shard_size: str, folder: str
 ) -> int:
     """One group as an MDS folder under ``folder`` (a worker process); the bytes written."""
     from streaming import MDSWriter
 
     written = 0
-    with MDSWriter(out=folder, columns=COLUMNS, size_limit=shard_bytes, hashes=HASHES) as writer:
+    with MDSWriter(out=folder, columns=COLUMNS, size_limit=shard_size, hashes=HASHES) as writer:
         for sample, label in samples:
             image = image_bytes(split, sample, encoding)
             written += len(image)
@@ -218,7 +218,7 @@ def convert_split(
                     split,
                     groups[n],
                     encoding,
-                    arguments.shard_size_mb << 20,
+                    arguments.shard_size,
                     str(staging / group_name(n)),
                 ): n
                 for n in pending
@@ -334,7 +334,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, R2, moto, ...)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--group-size", type=int, default=10_000, help="images per resumable group")
-    parser.add_argument("--shard-size-mb", type=int, default=64, help="MDS shard size limit")
+    parser.add_argument("--shard-size", default="64mb", help="MDS shard size limit (Streaming's form: 64mb, 512kb)")
     parser.add_argument("--short-side", type=int, help="re-encode as JPEG with the short side at most this")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality with --short-side")
     parser.add_argument("--splits", nargs="+", choices=("train", "val"), default=["train", "val"])
@@ -342,7 +342,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--staging", help="folder for groups being written (default: the system temp folder)")
     parser.add_argument("--dry-run", action="store_true", help="print what would be written; write nothing")
     arguments = parser.parse_args(argv)
-    for key in ("workers", "group_size", "shard_size_mb"):
+    for key in ("workers", "group_size"):
         if getattr(arguments, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1")
     if arguments.verify != "all" and not arguments.verify.isdigit():

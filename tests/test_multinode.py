@@ -1,7 +1,7 @@
 """Two machines, simulated on one: two Composer launchers as node 0 and node 1 of one run over loopback.
 
 Each "node" is ``composer --world_size 2 --nproc 1 --node_rank N --master_addr 127.0.0.1 --master_port P train.py``
-started in its own working directory, so neither sees the other's disk: its local checkpoint copies
+started in its own working directory and with its own /dev/shm, so neither sees the other's disk: its local checkpoint copies
 (``runs/<run_name>``), data cache and logs are its own, and the only place both reach is the save_folder on S3
 (moto's server on loopback, tests/conftest.py). A SIGTERM to node 1's training process stops both ranks at the
 same batch (callbacks.preemption), rank 0 saves and uploads the checkpoint, and both nodes are relaunched on fresh
@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -38,20 +39,31 @@ BATCH, STEPS_PER_EPOCH, EPOCHS = 4, 8, 2
 LAUNCH_TIMEOUT_S = 300
 
 
+# The generated images both sources train on: synthetic draws them, streaming reads them as MDS shards.
+SYNTHETIC = [
+    "data.source=synthetic", "data.num_classes=10", f"data.synthetic_train_samples={BATCH * STEPS_PER_EPOCH}",
+    "data.synthetic_val_samples=8", "data.train_resolution=32", "data.eval_resolution=32",
+]  # fmt: skip
+
+
 def tiny_recipe(save_folder: str, endpoint: str, node: Path, *extra: str) -> list[str]:
     """The smoke recipe shrunk to seconds, deterministic, with momentum-free SGD and one scheduled checkpoint (at
     the end) so that uploads stay small; the data cache on the node's own disk; a rank stuck in a collective
-    fails after 2 minutes."""
+    fails after 2 minutes. ``{node}`` in ``extra`` is the node's folder."""
     return [
         "smoke", "device=cpu", "model.name=resnet18", "optimizer.name=decoupled_sgdw", "optimizer.momentum=0",
-        "deterministic=true", "data.source=synthetic", "data.num_classes=10",
-        f"data.synthetic_train_samples={BATCH * STEPS_PER_EPOCH}", "data.synthetic_val_samples=8",
-        "data.train_resolution=32", "data.eval_resolution=32", "data.num_workers=0", f"data.cache_dir={node}/cache",
+        "deterministic=true", *SYNTHETIC, "data.num_workers=0", f"data.cache_dir={node}/cache",
         f"global_batch_size={BATCH}", f"eval_batch_size={BATCH}", f"max_duration={EPOCHS}ep",
         f"eval_interval={EPOCHS}ep", f"save_interval={EPOCHS}ep", f"save_folder={save_folder}",
         f"s3_endpoint_url={endpoint}", f"run_name={RUN_NAME}", "logging.progress_bar=false",
-        "logging.metrics_every_n_batches=1", "dist_timeout=120", *extra,
+        "logging.metrics_every_n_batches=1", "dist_timeout=120", *(item.format(node=node) for item in extra),
     ]  # fmt: skip
+
+
+# Each node gets its own /dev/shm, as separate machines have: MosaicML Streaming names its shared memory after the
+# first free prefix, which two nodes sharing one /dev/shm would both take. A mount namespace with a fresh tmpfs
+# (root in this sandbox and in CI); `unshare` execs the launcher in place, so its pid is the launcher's.
+OWN_SHARED_MEMORY = ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "node"]
 
 
 def free_port() -> int:
@@ -71,7 +83,7 @@ def launch_nodes(base: Path, save_folder: str, endpoint: str, *extra: str) -> li
         node = base / f"node{node_rank}"
         node.mkdir(parents=True)
         command = [
-            str(COMPOSER), "--world_size", str(NODES), "--nproc", "1", "--node_rank", str(node_rank),
+            *OWN_SHARED_MEMORY, str(COMPOSER), "--world_size", str(NODES), "--nproc", "1", "--node_rank", str(node_rank),
             "--master_addr", "127.0.0.1", "--master_port", str(port),
             str(REPO / "train.py"), *tiny_recipe(save_folder, endpoint, node, *extra),
         ]  # fmt: skip
@@ -134,21 +146,49 @@ def bucket(s3_endpoint: str) -> str:
     return name
 
 
+def streamed_shards(s3_endpoint: str, bucket: str) -> list[str]:
+    """The generated images as MDS shards of ~5 images on S3 (scripts/convert_to_mds.py), read by data.source=
+    streaming into each node's own cache."""
+    script = [sys.executable, str(REPO / "scripts/convert_to_mds.py"), "smoke", *SYNTHETIC, "--out",
+              f"s3://{bucket}/mds", "--endpoint-url", s3_endpoint, "--shard-size", "16kb", "--workers", "1"]  # fmt: skip
+    subprocess.run(script, check=True, capture_output=True, timeout=LAUNCH_TIMEOUT_S)
+    return ["data.source=streaming", f"data.remote=s3://{bucket}/mds", "data.local={node}/mds"]
+
+
+def fetched(base: Path, node_rank: int, split: str) -> set[str]:
+    """The shards a node downloaded: what its cache holds (no cache limit, so nothing was evicted)."""
+    cache = base / f"node{node_rank}" / "mds" / split
+    return {str(path.relative_to(cache)) for path in cache.rglob("shard.*.mds")}
+
+
+@pytest.mark.parametrize("source", ["synthetic", "streaming"])
 def test_two_nodes_preempted_and_relaunched_on_fresh_disks_end_as_if_never_stopped(
-    s3_endpoint: str, bucket: str, tmp_path: Path
+    s3_endpoint: str, bucket: str, tmp_path: Path, source: str
 ) -> None:
+    data = streamed_shards(s3_endpoint, bucket) if source == "streaming" else []
     reference = tmp_path / "uninterrupted"
     statuses = finish(
-        launch_nodes(reference, f"s3://{bucket}/uninterrupted/{{run_name}}", s3_endpoint), reference
+        launch_nodes(reference, f"s3://{bucket}/uninterrupted/{{run_name}}", s3_endpoint, *data), reference
     )
     assert statuses == [0, 0], node_logs(reference)
     expected = summary(reference)
     assert expected["world_size"] == NODES and expected["steps"] == EPOCHS * STEPS_PER_EPOCH
     assert len(set(expected["parameters_sha256_by_rank"])) == 1
+    if source == "streaming":  # each node downloaded its own partition's shards, together all of them
+        index = boto3.client("s3", endpoint_url=s3_endpoint).get_object(
+            Bucket=bucket, Key="mds/train/index.json"
+        )
+        shards = len(json.loads(index["Body"].read())["shards"])
+        node_shards = [fetched(reference, rank, "train") for rank in range(NODES)]
+        assert shards >= 6 and all(len(mine) <= shards // 2 + 1 for mine in node_shards), (
+            shards,
+            node_shards,
+        )
+        assert len(node_shards[0] | node_shards[1]) == shards
 
     save_folder = f"s3://{bucket}/preempted/{{run_name}}"
     first = tmp_path / "first"
-    launchers = launch_nodes(first, save_folder, s3_endpoint)
+    launchers = launch_nodes(first, save_folder, s3_endpoint, *data)
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
     while logged_step(first) < 3:  # mid-way through the first epoch
         assert all(launcher.poll() is None for launcher in launchers), node_logs(first)
@@ -164,7 +204,7 @@ def test_two_nodes_preempted_and_relaunched_on_fresh_disks_end_as_if_never_stopp
     assert checkpoint.startswith(f"s3://{bucket}/preempted/{RUN_NAME}/ep")
 
     second = tmp_path / "second"  # new machines: nothing of the first launch on either disk
-    statuses = finish(launch_nodes(second, save_folder, s3_endpoint, "autoresume=true"), second)
+    statuses = finish(launch_nodes(second, save_folder, s3_endpoint, "autoresume=true", *data), second)
     assert statuses == [0, 0], node_logs(second)
     assert f"resuming from {checkpoint}" in (second / "node0" / "launcher.log").read_text()
     resumed = summary(second)
