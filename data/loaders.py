@@ -94,7 +94,8 @@ def build_data(
         # task=moco_v3: two views per image, labels carried along but ignored by the pretraining model.
         transform = train_transform(data, cfg.task)
         if isinstance(catalog.train, streaming.StreamSplit):
-            catalog.train.batch_size = train_batch  # Streaming partitions the samples by the per-process batch
+            # Streaming partitions the samples by the per-process batch.
+            catalog.train.batch_size = train_batch
         train_dataset = catalog.train.to_dataset(catalog.classes, transform, bad_images)
         train_size = _total_size(train_dataset, world_size)
         loader = make_loader(

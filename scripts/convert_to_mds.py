@@ -334,7 +334,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, R2, moto, ...)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--group-size", type=int, default=10_000, help="images per resumable group")
-    parser.add_argument("--shard-size", default="64mb", help="MDS shard size limit (Streaming's form: 64mb, 512kb)")
+    parser.add_argument(
+        "--shard-size", default="64mb", help="MDS shard size limit (Streaming's form: 64mb, 512kb)"
+    )
     parser.add_argument("--short-side", type=int, help="re-encode as JPEG with the short side at most this")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality with --short-side")
     parser.add_argument("--splits", nargs="+", choices=("train", "val"), default=["train", "val"])
