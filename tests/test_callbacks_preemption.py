@@ -92,15 +92,16 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen) -> None
         time.sleep(0.02)
 
 
+def last_logged_step(metrics: Path) -> int:
+    """The last training step in a run's metrics.jsonl, 0 before the first (a step's line is written as the next one
+    starts; a line still being written, without its closing brace, is skipped)."""
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    return max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
+
+
 def logged_step(folder: Path, step: int) -> Callable[[], bool]:
-    """True once metrics.jsonl has the training line of ``step`` (written as the next step starts)."""
-
-    def reached() -> bool:
-        path = folder / "metrics.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return any(json.loads(line)["step"] >= step for line in lines if line.endswith("}"))
-
-    return reached
+    """True once the run in ``folder`` has logged ``step``."""
+    return lambda: last_logged_step(folder / "metrics.jsonl") >= step
 
 
 def final_weights(folder: Path) -> dict[str, torch.Tensor]:

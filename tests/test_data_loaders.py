@@ -56,7 +56,14 @@ def fake_world(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
 
 def test_registry_has_a_builder_for_every_source_the_schema_names() -> None:
     assert set(SOURCES) == set(DataSource)
-    assert {str(name) for name in SOURCES} == {"digits", "imagefolder", "ilsvrc", "hf", "synthetic"}
+    assert {str(name) for name in SOURCES} == {
+        "digits",
+        "imagefolder",
+        "ilsvrc",
+        "hf",
+        "synthetic",
+        "streaming",
+    }
 
 
 def test_batch_is_split_over_processes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,13 +5,17 @@ a missing bucket and shards written without this project's index metadata.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+import os
+import re
+import signal
+import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import boto3
+import psutil
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -19,13 +23,12 @@ from omegaconf import OmegaConf
 from data import build_data
 from recipes.errors import UsageError
 from recipes.schema import RecipeConfig
+from tests.script_modules import load_script
+from tests.test_callbacks_preemption import last_logged_step
+from tests.test_ddp import COMPOSER, LAUNCHER_VARIABLES, REPO
+from tests.test_train import SMOKE_ACCURACY_BAR
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_to_mds.py"
-if "convert_to_mds" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("convert_to_mds", SCRIPT)
-    sys.modules["convert_to_mds"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["convert_to_mds"])
-convert_to_mds = sys.modules["convert_to_mds"]
+convert_to_mds = load_script("convert_to_mds")
 
 BATCH = 16
 
@@ -128,15 +131,21 @@ def test_missing_bucket_is_named(s3_endpoint: str, digits_cache: Path, tmp_path:
         build_data(config)
 
 
-def test_shards_from_s3_through_the_recipe_endpoint(
-    s3_endpoint: str, digits_mds: Path, digits_cache: Path, tmp_path: Path, aws_env: None
-) -> None:
+def upload(s3_endpoint: str, folder: Path) -> str:
+    """``folder`` copied to a new bucket of the loopback S3 server, as ``s3://bucket/digits``."""
     bucket = f"shards-{uuid.uuid4().hex[:8]}"
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket=bucket)
-    for path in digits_mds.rglob("*"):
+    for path in folder.rglob("*"):
         if path.is_file():
-            s3.upload_file(str(path), bucket, f"digits/{path.relative_to(digits_mds)}")
+            s3.upload_file(str(path), bucket, f"digits/{path.relative_to(folder)}")
+    return bucket
+
+
+def test_shards_from_s3_through_the_recipe_endpoint(
+    s3_endpoint: str, digits_mds: Path, digits_cache: Path, tmp_path: Path, aws_env: None
+) -> None:
+    bucket = upload(s3_endpoint, digits_mds)
     config = streaming(digits_cache, f"s3://{bucket}/digits", tmp_path / "cache")
     config.s3_endpoint_url = s3_endpoint
     bundle = build_data(config)
@@ -163,3 +172,48 @@ def test_subset_keys_are_refused_with_the_converter_as_the_fix(
 ) -> None:
     with pytest.raises(UsageError, match=r"data\.subset_size.*convert the subset"):
         build_data(streaming(digits_cache, digits_mds, tmp_path / "cache", subset_size="tiny"))
+
+
+def test_smoke_recipe_streamed_from_s3_by_two_processes_passes_its_bar_through_a_preemption(
+    s3_endpoint: str, digits_mds: Path, digits_cache: Path, tmp_path: Path, aws_env: None
+) -> None:
+    """The smoke recipe as written, its data the digits' MDS shards on the loopback S3 server, under
+    ``composer -n 2``: SIGTERM to rank 1 in the second epoch, a relaunch with autoresume, and the smoke bar."""
+    bucket = upload(s3_endpoint, digits_mds)
+    environment = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
+    environment["CUDA_VISIBLE_DEVICES"] = ""
+    folder = tmp_path / "run"
+    command = [
+        str(COMPOSER), "-n", "2", "train.py", "smoke", "data.source=streaming", f"data.remote=s3://{bucket}/digits",
+        f"data.local={tmp_path}/cache", f"s3_endpoint_url={s3_endpoint}", f"save_folder={folder}",
+        "run_name=streamed", "logging.progress_bar=false",
+    ]  # fmt: skip
+
+    def launch(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*command, *extra], cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+
+    first = launch()
+    deadline = time.monotonic() + 600
+    while last_logged_step(folder / "metrics.jsonl") < 60:  # 44 steps an epoch: part-way through the second
+        assert first.poll() is None, first.communicate()[0][-4000:]
+        assert time.monotonic() < deadline, "no progress in 600 s"
+        time.sleep(0.05)
+    # As a spot interruption or scripts/run_until_done.sh delivers it: SIGTERM to the launcher's whole process
+    # group. The launcher has no handler and dies at once (Composer's); both ranks save and exit 75.
+    ranks = psutil.Process(first.pid).children()
+    os.killpg(first.pid, signal.SIGTERM)
+    output = first.communicate(timeout=300)[0]  # ends when the ranks, which hold the pipe, have exited
+    assert len(ranks) == 2 and not psutil.wait_procs(ranks, timeout=60)[1]
+    assert re.search(r"preempted at epoch 1 batch \d+ .*checkpoint saved", output), output[-4000:]
+
+    second = launch("autoresume=true")
+    output = second.communicate(timeout=900)[0]
+    assert second.returncode == 0, output[-4000:]
+    assert "resuming from" in output and "(batch " in output
+    summary = json.loads((folder / "summary.json").read_text())
+    # Streaming pads an epoch to a multiple of the ranks: the 1437 training digits become 2 x 719, one seen twice.
+    assert summary["world_size"] == 2 and summary["train_images"] == 1438
+    assert summary["val/acc1"] >= SMOKE_ACCURACY_BAR, summary

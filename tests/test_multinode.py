@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from callbacks.preemption import PREEMPTED_EXIT_STATUS
+from tests.test_callbacks_preemption import last_logged_step
 from tests.test_ddp import COMPOSER, LAUNCHER_VARIABLES
 
 pytestmark = pytest.mark.usefixtures("aws_env")  # dummy credentials, nothing from ~/.aws
@@ -132,11 +133,8 @@ def summary(base: Path) -> dict:
 
 
 def logged_step(base: Path) -> int:
-    """The last training step rank 0 logged (metrics.jsonl writes a step's line as the next one starts)."""
-    path = run_folder(base, 0) / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    steps = [json.loads(line)["step"] for line in lines if line.endswith("}")]
-    return max(steps, default=0)
+    """The last training step rank 0 logged."""
+    return last_logged_step(run_folder(base, 0) / "metrics.jsonl")
 
 
 @pytest.fixture

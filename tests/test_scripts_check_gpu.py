@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.script_modules import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_gpu.py"
-_spec = importlib.util.spec_from_file_location("check_gpu", SCRIPT)
-check_gpu = sys.modules["check_gpu"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(check_gpu)
+check_gpu = load_script("check_gpu")
 
 
 def test_no_gpu_exits_1_with_the_reason(

@@ -7,10 +7,8 @@ and that an interrupted conversion redoes only its unfinished group.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 import uuid
 from pathlib import Path
 
@@ -19,14 +17,14 @@ import pytest
 from PIL import Image
 from streaming import StreamingDataset
 
+from data.digits import ensure_digits_folder
 from data.streaming import METADATA_KEY
 from data.synthetic import SyntheticImages
+from recipes.loading import load_recipe
+from tests.script_modules import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_to_mds.py"
-_spec = importlib.util.spec_from_file_location("convert_to_mds", SCRIPT)
-# Registered, so the writer processes (forked) and dataclasses find the module by name.
-convert_to_mds = sys.modules["convert_to_mds"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(convert_to_mds)
+convert_to_mds = load_script("convert_to_mds")
 pytestmark = pytest.mark.usefixtures("aws_env")
 
 
@@ -79,7 +77,11 @@ def test_digits_on_s3_read_back_with_the_source_classes_counts_and_labels(
     # A reader through Streaming, from S3, gets the JPEG files' bytes in the source's order.
     monkeypatch.setenv("S3_ENDPOINT_URL", s3_endpoint)
     stream = StreamingDataset(remote=f"{out}/val", local=str(tmp_path / "cache"), batch_size=1)
-    first = sorted((digits_cache).glob("digits-*/val/0/*.jpg"))[0]
+    smoke = load_recipe("smoke", [f"data.cache_dir={digits_cache}"])
+    folder = ensure_digits_folder(
+        digits_cache, smoke.data.digits_val_fraction, smoke.seed
+    )  # the one it converted
+    first = sorted(folder.glob("val/0/*.jpg"))[0]
     assert stream.get_item(0)["image"] == first.read_bytes() and stream.get_item(0)["label"] == 0
 
 

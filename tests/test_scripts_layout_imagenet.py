@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -14,11 +12,10 @@ import pytest
 from scipy.io import savemat
 
 from data.imagefolder import folder_catalog
+from tests.script_modules import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "layout_imagenet.py"
-_spec = importlib.util.spec_from_file_location("layout_imagenet", SCRIPT)
-layout = sys.modules["layout_imagenet"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
-_spec.loader.exec_module(layout)
+layout = load_script("layout_imagenet")
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 TRAIN = {wnid: [f"{wnid}_{index}.JPEG" for index in (10026, 10027)] for wnid in WNIDS}

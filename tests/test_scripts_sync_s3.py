@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +11,10 @@ import boto3
 import pytest
 from boto3.s3.transfer import TransferConfig
 
+from tests.script_modules import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sync_s3.py"
-_spec = importlib.util.spec_from_file_location("sync_s3", SCRIPT)
-sync_s3 = sys.modules["sync_s3"] = importlib.util.module_from_spec(_spec)  # dataclasses look the module up
-_spec.loader.exec_module(sync_s3)
+sync_s3 = load_script("sync_s3")
 
 pytestmark = pytest.mark.usefixtures("aws_env")  # dummy credentials, nothing from ~/.aws
 

@@ -7,9 +7,7 @@ ResNet-50 on an image folder with named classes (evaluated, then exported), and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -33,14 +31,13 @@ import train
 from data import build_data
 from data.transforms import eval_transform
 from recipes.errors import UsageError
+from tests.script_modules import load_script
 from tools import export
 from training.preflight import load_run_recipe
 from training.weights import extract_model_states, load_model_from_checkpoint, read_checkpoint
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "predict.py"
-_spec = importlib.util.spec_from_file_location("predict", SCRIPT)
-predict = sys.modules["predict"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(predict)
+predict = load_script("predict")
 
 # Sorted, as class folders are read; none equals its index, so a name mapped to the wrong label shows.
 CLASS_NAMES = (
