@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/smoke-default
 
-.PHONY: train test install lint bench-smoke bench-data bench-index bench-gpu bench-stack gpu-check clean
+.PHONY: train test install lint bench-smoke bench-data bench-index bench-streaming bench-gpu bench-stack gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-data: install
 
 bench-index: install
 	$(PY) bench/file_index.py --output bench/results/file_index.json
+
+bench-streaming: install
+	$(PY) bench/streaming.py --output bench/results/streaming.json
 
 bench-stack: install
 	$(PY) bench/stack_overhead.py --output bench/results/stack_overhead.json

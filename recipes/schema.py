@@ -421,6 +421,37 @@ class DoctorConfig:
 
 
 @dataclass
+class ProfilerConfig:
+    """Composer's profiler with the torch profiler over a window of steps, and where each step's time went.
+
+    The window is Composer's cyclic schedule, counted in batches from the start of each profiled epoch: skip
+    ``skip_first``, then ``repeat`` cycles of ``wait`` idle, ``warmup`` warm-up (recorded, discarded) and
+    ``active`` recorded batches. Each cycle writes a Chrome/Perfetto trace per rank; the step-time breakdown
+    (data wait, forward, backward, optimizer, all-reduce) covers the active batches.
+    """
+
+    enabled: bool = False
+    # Batches to leave out at the start of each profiled epoch (the first steps pay one-time costs).
+    skip_first: int = 2
+    wait: int = 0
+    warmup: int = 1
+    active: int = 4
+    # Cycles per epoch; 0 records the whole epoch.
+    repeat: int = 1
+    # Epochs profiled, from the first (null: every epoch, as Composer's schedule does).
+    epochs: int | None = 1
+    # Where the traces and step_breakdown.json go; null: profiler/ in the run's local output folder (the
+    # save_folder, or runs/<run_name> when it is on S3).
+    folder: str | None = None
+    # torch.profiler options (each makes the trace larger and the profiled steps slower).
+    record_shapes: bool = False
+    profile_memory: bool = False
+    with_stack: bool = False
+    # FLOPs of matrix multiplications and convolutions in the trace (records shapes: ~6x slower on a CPU).
+    with_flops: bool = False
+
+
+@dataclass
 class RecipeConfig:
     """A whole training recipe."""
 
@@ -485,3 +516,4 @@ class RecipeConfig:
     algorithms: dict[str, Any] = field(default_factory=dict)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
+    profiler: ProfilerConfig = field(default_factory=ProfilerConfig)

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -140,6 +141,23 @@ def upload(s3_endpoint: str, folder: Path) -> str:
         if path.is_file():
             s3.upload_file(str(path), bucket, f"digits/{path.relative_to(folder)}")
     return bucket
+
+
+def test_a_run_killed_with_sigkill_does_not_block_the_next_on_the_same_cache(
+    digits_mds: Path, digits_cache: Path, tmp_path: Path
+) -> None:
+    """SIGKILL (out of memory, a spot instance's hard stop) leaves Streaming's shared memory and its lock files
+    behind; the relaunch on the same data.local starts and streams the whole split from the cache."""
+    local = tmp_path / "cache"
+    victim = (
+        "import os, signal, sys; from streaming import StreamingDataset; "
+        "next(iter(StreamingDataset(remote=sys.argv[1], local=sys.argv[2], batch_size=4))); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    killed = subprocess.run([sys.executable, "-c", victim, str(digits_mds / "train"), str(local / "train")])
+    assert killed.returncode == -signal.SIGKILL and list((local / "train").rglob("*.mds"))
+    stream = build_data(streaming(digits_cache, digits_mds, local)).train.dataloader.dataset
+    assert sum(1 for _ in stream) == 1437
 
 
 def test_shards_from_s3_through_the_recipe_endpoint(

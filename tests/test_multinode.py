@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import boto3
 import psutil
 import pytest
 
+from bench.streaming import OWN_SHARED_MEMORY, free_port
 from callbacks.preemption import PREEMPTED_EXIT_STATUS
 from tests.test_callbacks_preemption import last_logged_step
 from tests.test_ddp import COMPOSER, LAUNCHER_VARIABLES
@@ -59,18 +59,6 @@ def tiny_recipe(save_folder: str, endpoint: str, node: Path, *extra: str) -> lis
         f"s3_endpoint_url={endpoint}", f"run_name={RUN_NAME}", "logging.progress_bar=false",
         "logging.metrics_every_n_batches=1", "dist_timeout=120", *(item.format(node=node) for item in extra),
     ]  # fmt: skip
-
-
-# Each node gets its own /dev/shm, as separate machines have: MosaicML Streaming names its shared memory after the
-# first free prefix, which two nodes sharing one /dev/shm would both take. A mount namespace with a fresh tmpfs
-# (root in this sandbox and in CI); `unshare` execs the launcher in place, so its pid is the launcher's.
-OWN_SHARED_MEMORY = ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "node"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def launch_nodes(base: Path, save_folder: str, endpoint: str, *extra: str) -> list[subprocess.Popen]:

@@ -134,6 +134,16 @@ PROGRESSIVE = "algorithms.progressive_resizing"
         ("moco_v3_smoke", ["algorithms.mixup={}"], DIGITS_ON_CPU, "algorithm_not_for_pretraining error"),
         ("moco_v3_smoke", ["algorithms.blurpool={}"], DIGITS_ON_CPU, "algorithm_not_for_pretraining error"),
         ("moco_v3_smoke", ["algorithms.channels_last={}"], DIGITS_ON_CPU, None),
+        # Composer refuses the profiler with auto microbatching; on the CPU the runtime drops auto, so it runs.
+        ("g4dn_xlarge", ["profiler.enabled=true"], ONE_GPU, "profiler_with_auto_microbatch error"),
+        ("g4dn_xlarge", ["profiler.enabled=true", "device_train_microbatch_size=64"], ONE_GPU, None),
+        ("g4dn_xlarge", ["profiler.enabled=true"], SUBSET_ON_CPU, None),
+        (
+            "smoke",
+            ["profiler.enabled=true", "profiler.active=0"],
+            DIGITS_ON_CPU,
+            "profiler_window_empty error",
+        ),
     ],
 )
 def test_check_fires_on_crafted_recipe(

@@ -81,6 +81,7 @@ def check_recipe(config: DictConfig, facts: RecipeFacts) -> list[Finding]:
         *_world_size_against_hardware(config, facts),
         *_algorithms_for_task(config),
         *_linear_probe(config),
+        *_profiler(config, facts),
     ]
 
 
@@ -465,6 +466,38 @@ def _world_size_against_hardware(config: DictConfig, facts: RecipeFacts) -> list
             f"{hardware.world_size}, or set hardware to what you run.",
         )
     ]
+
+
+def _profiler(config: DictConfig, facts: RecipeFacts) -> list[Finding]:
+    """A profiling window that records nothing, and the profiler with auto microbatching on a GPU, which
+    Composer refuses (trainer.py:1175 in 0.32.1: auto microbatching reruns a step after an out-of-memory error,
+    which a profiling window cannot follow); on a CPU the runtime trains without microbatches, so both run."""
+    settings = config.profiler
+    if not settings.enabled:
+        return []
+    findings = []
+    counts = {key: settings[key] for key in ("skip_first", "wait", "warmup", "repeat")}
+    if settings.active < 1 or min(counts.values()) < 0:
+        findings.append(
+            _finding(
+                "profiler_window_empty",
+                "error",
+                f"profiler.active={settings.active} with {counts}: the window records no batch. Set "
+                "profiler.active to 1 or more and the other counts to 0 or more.",
+            )
+        )
+    if config.device_train_microbatch_size == "auto" and facts.device == "gpu":
+        per_device = config.global_batch_size // max(facts.world_size, 1)
+        findings.append(
+            _finding(
+                "profiler_with_auto_microbatch",
+                "error",
+                "profiler.enabled=true with device_train_microbatch_size=auto: Composer refuses the two together. "
+                f"Set device_train_microbatch_size to a number: the per-device batch ({per_device}) if it fits, or "
+                "the size an auto run settled on (its metrics.jsonl logs trainer/device_train_microbatch_size).",
+            )
+        )
+    return findings
 
 
 def load_run_recipe(name: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:

@@ -46,6 +46,7 @@ from recipes.schema import Task
 from training.checkpointing import RunFolders, build_checkpointing, check_autoresume, finished, run_folders
 from training.optimization import LearningRatePlan, build_optimizer, build_scheduler, warmup_steps
 from training.preflight import RecipeFacts, check_before_training
+from training.profiling import build_profiler
 from training.runtime import Runtime, agree_on_run_name, resolve_runtime, start_distributed
 from training.summary import build_summary, format_summary, write_summary
 from training.weights import load_linear_probe
@@ -321,6 +322,7 @@ def build_training(config: DictConfig, recipe_path: Path) -> TrainingRun:
         (folders.output / SAVED_RECIPE).write_text(recipe_to_yaml(config), encoding="utf-8")
 
     preemption = Preemption()
+    profiler, profiling = build_profiler(config.profiler, folders.output)
     # A pretraining run has no classifier to evaluate; its momentum encoder steps with the optimizer.
     last_evaluation = None if pretraining else LastEvaluation()
     evaluation = (
@@ -357,7 +359,9 @@ def build_training(config: DictConfig, recipe_path: Path) -> TrainingRun:
             checkpoints.saver,
             *doctor,
             *task_callbacks,
+            *profiling,
         ],
+        profiler=profiler,
         progress_bar=config.logging.progress_bar,
         log_to_console=config.logging.log_to_console,
         console_log_interval=config.logging.console_log_interval,
