@@ -84,6 +84,35 @@ class ShuffleAlgo(Choice):
     naive = "naive"
 
 
+class ParallelStrategy(Choice):
+    """How the model is spread over the processes: DDP (a whole copy each, gradients all-reduced) or FSDP."""
+
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
+class ShardingStrategy(Choice):
+    """PyTorch FSDP's sharding strategies, as Composer's FSDPConfig names them."""
+
+    FULL_SHARD = "FULL_SHARD"
+    SHARD_GRAD_OP = "SHARD_GRAD_OP"
+    NO_SHARD = "NO_SHARD"
+    HYBRID_SHARD = "HYBRID_SHARD"
+
+
+class FsdpMixedPrecision(Choice):
+    """Composer's FSDP mixed-precision presets (composer/distributed/mosaic_parallelism.py)."""
+
+    DEFAULT = "DEFAULT"
+    PURE = "PURE"
+    FULL = "FULL"
+
+
+class StateDictType(Choice):
+    full = "full"
+    sharded = "sharded"
+
+
 class Interpolation(Choice):
     bilinear = "bilinear"
     bicubic = "bicubic"
@@ -421,6 +450,29 @@ class DoctorConfig:
 
 
 @dataclass
+class ParallelismConfig:
+    """DDP or FSDP, and FSDP's settings (passed to Composer's ``parallelism_config={"fsdp": ...}``, FSDP1).
+
+    ResNet-50 has 25.6M parameters (~100 MB in fp32): every GPU holds them, their gradients and SGD's momentum
+    (~300 MB together) with room to spare, so DDP is the right choice; sharding can save at most part of those
+    300 MB per GPU, at the price of all-gathers every step. docs/scaling-out.md says when FSDP pays.
+    """
+
+    strategy: ParallelStrategy = ParallelStrategy.ddp
+    # fsdp: what is sharded over the processes (FULL_SHARD: parameters, gradients and optimizer state).
+    sharding_strategy: ShardingStrategy = ShardingStrategy.FULL_SHARD
+    # fsdp: DEFAULT computes in the recipe's precision and reduces gradients in fp32; PURE also reduces in it;
+    # FULL keeps everything fp32. BatchNorm stays fp32 in its own FSDP unit under all three (PyTorch's rule).
+    mixed_precision: FsdpMixedPrecision = FsdpMixedPrecision.DEFAULT
+    # fsdp: recompute each residual block's activations in backward instead of storing them (Composer applies
+    # activation checkpointing only under FSDP).
+    activation_checkpointing: bool = False
+    # fsdp: checkpoints hold the full weights ("full"); "sharded" is refused: evaluate.py, export and the
+    # torchvision conversion read one file.
+    state_dict_type: StateDictType = StateDictType.full
+
+
+@dataclass
 class ProfilerConfig:
     """Composer's profiler with the torch profiler over a window of steps, and where each step's time went.
 
@@ -517,3 +569,4 @@ class RecipeConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     profiler: ProfilerConfig = field(default_factory=ProfilerConfig)
+    parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)

@@ -53,6 +53,8 @@ LONGER_EPOCHS = RecipeFacts(1, "gpu", 1000, 200)
 TUNED_AT_128 = "algorithms_tuned_for_batch=128"
 AT_OTHER_BATCH = "algorithm_batch_counted_at_other_batch"
 PROGRESSIVE = "algorithms.progressive_resizing"
+FSDP = "parallelism.strategy=fsdp"
+NO_SAM = "algorithms.sam=null"
 
 
 @pytest.mark.parametrize(
@@ -144,6 +146,23 @@ PROGRESSIVE = "algorithms.progressive_resizing"
             DIGITS_ON_CPU,
             "profiler_window_empty error",
         ),
+        # FSDP: Composer refuses SAM's closure in fp16 (Medium on T4s), bf16 lets it run; the rest is ours.
+        ("g4dn_12xlarge", [FSDP], FOUR_GPUS, "fsdp_sam_amp_fp16 error"),
+        ("g4dn_12xlarge", [FSDP, "precision=amp_bf16"], FOUR_GPUS, None),
+        (
+            "g4dn_12xlarge",
+            [FSDP, NO_SAM, "parallelism.state_dict_type=sharded"],
+            FOUR_GPUS,
+            "fsdp_sharded_checkpoints error",
+        ),
+        (
+            "g4dn_12xlarge",
+            [FSDP, NO_SAM, "algorithms.swa={}"],
+            FOUR_GPUS,
+            "fsdp_whole_parameter_copies error",
+        ),
+        ("moco_v3_smoke", [FSDP], FOUR_GPUS, "fsdp_whole_parameter_copies error"),
+        ("g4dn_xlarge", [FSDP], ONE_GPU, "fsdp_single_process warning"),
     ],
 )
 def test_check_fires_on_crafted_recipe(

@@ -82,6 +82,7 @@ def check_recipe(config: DictConfig, facts: RecipeFacts) -> list[Finding]:
         *_algorithms_for_task(config),
         *_linear_probe(config),
         *_profiler(config, facts),
+        *_fsdp(config, facts),
     ]
 
 
@@ -495,6 +496,59 @@ def _profiler(config: DictConfig, facts: RecipeFacts) -> list[Finding]:
                 "profiler.enabled=true with device_train_microbatch_size=auto: Composer refuses the two together. "
                 f"Set device_train_microbatch_size to a number: the per-device batch ({per_device}) if it fits, or "
                 "the size an auto run settled on (its metrics.jsonl logs trainer/device_train_microbatch_size).",
+            )
+        )
+    return findings
+
+
+def _fsdp(config: DictConfig, facts: RecipeFacts) -> list[Finding]:
+    """What FSDP cannot do for this recipe (its need for GPUs is training.runtime's): SAM in fp16, sharded
+    checkpoints, the models that copy whole parameters; and one process, where it shards nothing."""
+    settings = config.parallelism
+    if settings.strategy != "fsdp":
+        return []
+    findings = []
+    algorithms = enabled_algorithms(config.algorithms)
+    if "sam" in algorithms and config.precision == "amp_fp16":
+        findings.append(
+            _finding(
+                "fsdp_sam_amp_fp16",
+                "error",
+                "algorithms.sam steps through a closure, and Composer refuses closures under FSDP with "
+                "precision=amp_fp16 (trainer.py:1593 in 0.32.1). T4s have no bf16, so a SAM recipe (Mosaic's "
+                "Medium and Hot) cannot run under FSDP on them. Use parallelism.strategy=ddp, or "
+                "precision=amp_bf16 on a GPU that has it (A10G, L4, A100, H100), or algorithms.sam=null.",
+            )
+        )
+    if settings.state_dict_type == "sharded":
+        findings.append(
+            _finding(
+                "fsdp_sharded_checkpoints",
+                "error",
+                "parallelism.state_dict_type=sharded writes one shard per process, but evaluate.py, --export and "
+                "the torchvision conversion read one file; ResNet-50's whole state is ~100 MB in fp32, so set "
+                "parallelism.state_dict_type=full.",
+            )
+        )
+    copies = [name for name in ("swa",) if name in algorithms]
+    if config.task == "moco_v3":
+        copies.insert(0, "task=moco_v3 (its momentum encoder)")
+    if copies:
+        findings.append(
+            _finding(
+                "fsdp_whole_parameter_copies",
+                "error",
+                f"{', '.join(copies)} under FSDP: these keep a second copy of whole parameters, which FSDP holds as "
+                "shards, and this project has not run them so. Use parallelism.strategy=ddp.",
+            )
+        )
+    if facts.world_size == 1:
+        findings.append(
+            _finding(
+                "fsdp_single_process",
+                "warning",
+                "parallelism.strategy=fsdp on one process shards nothing and adds FSDP's overhead; launch with "
+                "composer -n <GPUs>, or use parallelism.strategy=ddp.",
             )
         )
     return findings

@@ -34,6 +34,8 @@ class Runtime:
     cudnn_benchmark: bool = False
     # Seconds any process waits for the others at a collective (the recipe's dist_timeout).
     dist_timeout: float = 300.0
+    # Composer's parallelism_config: None under DDP (Composer wraps the model in DDP itself for 2+ processes).
+    parallelism_config: dict[str, Any] | None = None
 
 
 def resolve_runtime(config: DictConfig, *, cuda_available: bool | None = None) -> Runtime:
@@ -66,6 +68,13 @@ def resolve_runtime(config: DictConfig, *, cuda_available: bool | None = None) -
             "use a divisor of it."
         )
     compile_config = {} if config.compile else None
+    parallelism = parallelism_config(config.parallelism)
+    if parallelism is not None and device == "cpu":
+        raise UsageError(
+            "parallelism.strategy=fsdp needs CUDA GPUs: Composer 0.32.1's FSDP wrapper puts every shard on "
+            "torch.cuda.current_device() (composer/distributed/dist_strategy.py). On a CPU use "
+            "parallelism.strategy=ddp, the default."
+        )
     cudnn_benchmark = device == "gpu" and config.cudnn_benchmark and not config.deterministic
     return Runtime(
         device,
@@ -77,7 +86,26 @@ def resolve_runtime(config: DictConfig, *, cuda_available: bool | None = None) -
         tuple(notes),
         cudnn_benchmark=cudnn_benchmark,
         dist_timeout=float(config.dist_timeout),
+        parallelism_config=parallelism,
     )
+
+
+def parallelism_config(settings: DictConfig) -> dict[str, Any] | None:
+    """The recipe's ``parallelism`` section as Composer's ``parallelism_config``: None for DDP, else FSDP1's
+    config. An ``FSDPConfig`` object rather than a dict, so that ``FSDP_VERSION=2`` in the environment cannot
+    switch Composer to FSDP2, which refuses ``device_train_microbatch_size=auto`` and this project has not run."""
+    if settings.strategy != "fsdp":
+        return None
+    from composer.utils.parallelism import FSDPConfig
+
+    return {
+        "fsdp": FSDPConfig(
+            sharding_strategy=str(settings.sharding_strategy),
+            mixed_precision=str(settings.mixed_precision),
+            activation_checkpointing=bool(settings.activation_checkpointing),
+            state_dict_type=str(settings.state_dict_type),
+        )
+    }
 
 
 def start_distributed(runtime: Runtime) -> None:

@@ -101,6 +101,7 @@ def build_trainer(
         seed=config.seed,
         deterministic_mode=config.deterministic,
         dist_timeout=runtime.dist_timeout,
+        parallelism_config=runtime.parallelism_config,
         **arguments,
     )
 
