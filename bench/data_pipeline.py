@@ -46,6 +46,8 @@ from data.fast_transforms import NormalizeBatch  # noqa: E402
 from recipes.schema import IMAGENET_MEAN, IMAGENET_STD, RecipeConfig  # noqa: E402
 
 RESOLUTIONS = (224, 160, 128, 64)
+# NVIDIA DALI's CPU pipeline (the optional `dali` extra) is measured at the paid phases' training sizes.
+DALI_RESOLUTIONS = (224, 160, 128)
 TARGETS = {"224": 1.3, "128": 1.6}
 CLASSES = 8
 SIZE = (500, 375)
@@ -131,6 +133,51 @@ def cpu_normalise_rate(dataset: torch.utils.data.Dataset, batch_size: int = 64) 
     return len(dataset) / (time.perf_counter() - started)
 
 
+def dali_train_rate(root: Path, resolution: int, rounds: int, count: int) -> float | str:
+    """Images per second of NVIDIA DALI's CPU-only training pipeline on the same files, or why it did not run.
+
+    ``device_id=None`` (no GPU), one worker thread: the file reader, ``decoders.image_random_crop`` (DALI's
+    RandomResizedCrop: area 0.08-1, aspect 3/4-4/3, as torchvision's), ``resize`` to the resolution and
+    ``crop_mirror_normalize`` with a random flip to normalised float CHW, what the torchvision baseline returns.
+    DALI's executor adds threads of its own beside the one worker thread. Best of ``rounds`` epochs after one
+    untimed epoch.
+    """
+    try:
+        from nvidia.dali import fn, pipeline_def, types
+    except ImportError as error:
+        return f"not installed ({error}); pip install -e '.[dali]'"
+    batch = 16
+
+    @pipeline_def(batch_size=batch, num_threads=1, device_id=None, seed=0)
+    def training() -> tuple:
+        jpegs, labels = fn.readers.file(file_root=str(root / "train"), random_shuffle=False, name="Reader")
+        images = fn.decoders.image_random_crop(jpegs, device="cpu", output_type=types.RGB)
+        images = fn.resize(images, resize_x=resolution, resize_y=resolution)
+        images = fn.crop_mirror_normalize(
+            images, dtype=types.FLOAT, output_layout="CHW", mirror=fn.random.coin_flip(),
+            mean=[255 * value for value in IMAGENET_MEAN], std=[255 * value for value in IMAGENET_STD],
+        )  # fmt: skip
+        return images, labels
+
+    try:
+        pipeline = training()
+        pipeline.build()
+    except RuntimeError as error:
+        return f"could not build the CPU pipeline: {error}"
+    iterations = max(1, count // batch)
+    for _ in range(iterations):
+        images, _ = pipeline.run()
+    if tuple(images.as_array().shape[1:]) != (3, resolution, resolution):
+        raise SystemExit(f"DALI {resolution}px: output shape {images.as_array().shape}")
+    best = 0.0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(iterations):
+            pipeline.run()
+        best = max(best, iterations * batch / (time.perf_counter() - started))
+    return best
+
+
 def decode_rates(files: list[str], rounds: int) -> dict[str, float]:
     """Full-size decode only, per decoder (and PIL's half-scale draft decode), images per second, best of
     ``rounds``: how the fast pipeline's decoders were chosen."""
@@ -186,7 +233,9 @@ def main() -> int:
         files = sorted(str(path) for path in (root / "train").rglob("*.JPEG"))
         mean_kb = sum(os.path.getsize(path) for path in files) / len(files) / 1024
         results: dict = {"train": {}, "eval": {}}
-        print(f"{'':6}{'px':>5}{'ours img/s':>12}{'baseline':>10}{'ratio':>7}{'ours+cpu norm':>15}")
+        print(
+            f"{'':6}{'px':>5}{'ours img/s':>12}{'baseline':>10}{'ratio':>7}{'ours+cpu norm':>15}{'dali':>8}{'/dali':>6}"
+        )
         for kind in ("train", "eval"):
             for resolution in RESOLUTIONS:
                 ours = our_dataset(root, kind, resolution, scratch / "cache")
@@ -208,9 +257,18 @@ def main() -> int:
                     "output_shape": list(our_shape),
                 }
                 row = results[kind][str(resolution)]
+                dali = ""
+                if kind == "train" and resolution in DALI_RESOLUTIONS:
+                    rate = dali_train_rate(root, resolution, args.rounds, len(files))
+                    if isinstance(rate, str):
+                        results["dali_skipped"] = rate
+                    else:
+                        row["dali_img_s"] = round(rate, 1)
+                        row["ours_cpu_normalise_over_dali"] = round(normalised / rate, 2)
+                        dali = f"{rate:>8.0f}{normalised / rate:>6.2f}x"
                 print(
                     f"{kind:6}{resolution:>5}{row['ours_img_s']:>12.0f}{row['baseline_img_s']:>10.0f}"
-                    f"{row['ratio']:>6.2f}x{normalised:>15.0f}",
+                    f"{row['ratio']:>6.2f}x{normalised:>15.0f}{dali}",
                     flush=True,
                 )
         results["decode_only"] = decode_rates(files, args.rounds)

@@ -36,6 +36,7 @@ import torch
 REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
 
+from callbacks.metrics_file import last_logged_step  # noqa: E402
 from data.synthetic import SyntheticImages  # noqa: E402
 
 RECIPE = "g4dn_xlarge"
@@ -99,14 +100,6 @@ def write_images(root: Path, classes: int, train_per_class: int, val_per_class: 
             folder = root / split / f"class_{images.label(index):03d}"
             folder.mkdir(parents=True, exist_ok=True)
             images(index).save(folder / f"{index:06d}.jpg", quality=90)
-
-
-def last_logged_step(metrics: Path) -> int:
-    """The newest training step in a run's metrics.jsonl (0 before the first line)."""
-    if not metrics.exists():
-        return 0
-    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"train"' in line]
-    return max(steps, default=0)
 
 
 def recipe_run(work: Path, steps: int, gpus: int) -> dict[str, Any]:

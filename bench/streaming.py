@@ -15,6 +15,8 @@ On the ImageNet-like JPEGs of ``bench/data_pipeline.py`` (500x375, quality 90), 
   of its own (a mount namespace: run as root, as in CI, or the node part is skipped with the reason).
   Streaming assigns each node its own partition of the samples and fetches only the shards that hold them, so the
   share should be about 1/K of the shards (a shard that straddles two partitions goes to both).
+* the same stream re-encoded by the converter with the short side at 256 px (quality 90): its bytes against the
+  originals', and images/s per worker against the original shards at each resolution.
 """
 
 from __future__ import annotations
@@ -46,16 +48,18 @@ from data import build_data  # noqa: E402
 from recipes.schema import RecipeConfig  # noqa: E402
 
 RESOLUTIONS = (224, 160, 128)
+# scripts/convert_to_mds.py --short-side: the size the low-resolution phases could stream instead of the originals.
+REENCODED_SIDE = 256
 CONVERTER = REPOSITORY / "scripts" / "convert_to_mds.py"
 
 
-def convert(root: Path, out: Path, scratch: Path) -> None:
+def convert(root: Path, out: Path, scratch: Path, *extra: str) -> None:
     """The generated folder as MDS shards under ``out`` (2 MB shards: ~16 for 512 images, so a
     node's share shows as it would over ImageNet's ~2,200 shards of 64 MB)."""
     command = [
         sys.executable, str(CONVERTER), "smoke", "data.source=imagefolder", f"data.path={root}",
         f"data.cache_dir={scratch}", "data.index_cache=false", "--out", str(out), "--shard-size", "2mb",
-        "--group-size", "100000", "--workers", "1", "--verify", "0",
+        "--group-size", "100000", "--workers", "1", "--verify", "0", *extra,
     ]  # fmt: skip
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
@@ -141,17 +145,20 @@ def simulated_nodes(remote: Path, scratch: Path, nodes: int) -> list[dict[str, A
         local = scratch / f"node{node}-cache"
         command = [*OWN_SHARED_MEMORY, sys.executable, __file__, "--as-node", "--remote", str(remote)]
         command += ["--local", str(local)]
+        # Output to files, not pipes: a node blocked on a full pipe would hold the other at their collectives.
+        log = (scratch / f"node{node}.log").open("w")
         launched.append(
-            subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
-            )
+            (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=environment), log)
         )
     reports = []
-    for node, process in enumerate(launched):
-        out, err = process.communicate(timeout=900)
-        if process.returncode != 0:
-            raise SystemExit(f"simulated node {node} failed (status {process.returncode}):\n{err[-3000:]}")
-        reports.append({"node": node, **json.loads(out.strip().splitlines()[-1])})
+    for node, (process, log) in enumerate(launched):
+        status = process.wait(timeout=900)
+        log.close()
+        output = (scratch / f"node{node}.log").read_text()
+        if status != 0:
+            raise SystemExit(f"simulated node {node} failed (status {status}):\n{output[-3000:]}")
+        line = next(line for line in reversed(output.splitlines()) if line.startswith("{"))
+        reports.append({"node": node, **json.loads(line)})
     return reports
 
 
@@ -162,26 +169,43 @@ def measure(images: int, rounds: int, nodes: int, resolutions: list[int], scratc
     remote = scratch / "mds"
     convert(root, remote, scratch / "cache")
     total = folder_bytes(remote / "train")  # what a node streams; validation is read by index, apart
+    small = scratch / f"mds-{REENCODED_SIDE}"
+    convert(root, small, scratch / "cache", "--short-side", str(REENCODED_SIDE))
     results: dict[str, Any] = {"per_worker_img_s": {}}
-    print(f"{'px':>5}{'folder img/s':>14}{'streaming':>11}{'ratio':>8}{'cold (copy)':>13}")
+    results["reencoded"] = {
+        "short_side": REENCODED_SIDE,
+        "bytes_ratio": round(folder_bytes(small / "train") / total, 3),
+    }
+    print(
+        f"{'px':>5}{'folder img/s':>14}{'streaming':>11}{'ratio':>8}{'cold (copy)':>13}{f'short {REENCODED_SIDE}':>11}{'ratio':>7}"
+    )
     for resolution in resolutions:
         folder = our_dataset(root, "train", resolution, scratch / "cache")
         stream = streamed_dataset(remote, scratch / f"local-{resolution}", resolution)
+        smaller = streamed_dataset(small, scratch / f"local-{REENCODED_SIDE}-{resolution}", resolution)
         cold, _ = stream_pass(stream)  # copies the shards into data.local
-        best_folder = best_stream = 0.0
+        stream_pass(smaller)
+        best_folder = best_stream = best_small = 0.0
         for _ in range(rounds):
             rate, folder_labels = folder_pass(folder)
             best_folder = max(best_folder, rate)
             rate, stream_labels = stream_pass(stream)
             best_stream = max(best_stream, rate)
+            best_small = max(best_small, stream_pass(smaller)[0])
         if folder_labels != stream_labels:
             raise SystemExit(f"{resolution}px: the stream delivered other labels than the folder holds")
         row = {"folder": round(best_folder, 1), "streaming": round(best_stream, 1)}
         row |= {"ratio": round(best_stream / best_folder, 2), "streaming_cold": round(cold, 1)}
+        row |= {f"streaming_short_{REENCODED_SIDE}": round(best_small, 1)}
+        row |= {"reencoded_over_original": round(best_small / best_stream, 2)}
         results["per_worker_img_s"][str(resolution)] = row
         print(
             f"{resolution:>5}{row['folder']:>14.0f}{row['streaming']:>11.0f}{row['ratio']:>7.2f}x{cold:>13.0f}"
+            f"{best_small:>11.0f}{row['reencoded_over_original']:>6.2f}x"
         )
+    print(
+        f"re-encoded with the short side at {REENCODED_SIDE} px: {results['reencoded']['bytes_ratio']:.0%} of the bytes"
+    )
 
     shards = len(list((remote / "train").rglob("*.mds")))
     results["nodes"] = {"count": nodes, "dataset_bytes": total, "dataset_shards": shards}

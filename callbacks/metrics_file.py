@@ -99,3 +99,13 @@ class MetricsFile(LoggerDestination):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def last_logged_step(path: str | Path) -> int:
+    """The last training step in a metrics.jsonl, 0 before the first; read by whatever watches a run from outside
+    (tests and gpu-check stopping it part-way). A step's line is written as the next one starts, and a line still
+    being written (no closing brace yet) is skipped."""
+    path = Path(path)
+    lines = path.read_text().splitlines() if path.exists() else []
+    steps = [json.loads(line)["step"] for line in lines if line.endswith("}") and '"phase": "train"' in line]
+    return max(steps, default=0)

@@ -30,6 +30,7 @@ from composer.utils import dist
 from PIL import Image
 
 import train
+from callbacks.metrics_file import last_logged_step
 from callbacks.preemption import PREEMPTED_EXIT_STATUS, Preemption, preempted_message
 from data.samples import LabelledImages
 
@@ -90,13 +91,6 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen) -> None
         )
         assert time.monotonic() < deadline, "the run did not get there in time"
         time.sleep(0.02)
-
-
-def last_logged_step(metrics: Path) -> int:
-    """The last training step in a run's metrics.jsonl, 0 before the first (a step's line is written as the next one
-    starts; a line still being written, without its closing brace, is skipped)."""
-    lines = metrics.read_text().splitlines() if metrics.exists() else []
-    return max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
 
 
 def logged_step(folder: Path, step: int) -> Callable[[], bool]:
@@ -377,7 +371,8 @@ class FakeMetadataService(http.server.BaseHTTPRequestHandler):
 def test_wrapper_turns_a_spot_notice_into_sigterm_and_does_not_relaunch(tmp_path: Path) -> None:
     server = http.server.HTTPServer(("127.0.0.1", 0), FakeMetadataService)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    command = fake_train(tmp_path, "trap 'exit 75' TERM\nwhile true; do sleep 0.1; done")
+    ready = tmp_path / "trap_set"
+    command = fake_train(tmp_path, f"trap 'exit 75' TERM\ntouch {ready}\nwhile true; do sleep 0.1; done")
     environment = {
         **os.environ,
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
@@ -386,7 +381,12 @@ def test_wrapper_turns_a_spot_notice_into_sigterm_and_does_not_relaunch(tmp_path
         [WRAPPER, "--watch-spot", "--", command], env=environment, stderr=subprocess.PIPE, text=True
     )
     try:
-        time.sleep(1)
+        deadline = time.monotonic() + 30
+        while (
+            not ready.exists()
+        ):  # a notice before the trap is set would kill it (exit 143) on a loaded machine
+            assert time.monotonic() < deadline and wrapper.poll() is None
+            time.sleep(0.05)
         FakeMetadataService.notice.set()
         _, stderr = wrapper.communicate(timeout=30)
     finally:

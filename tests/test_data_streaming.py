@@ -21,11 +21,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from callbacks.metrics_file import last_logged_step
 from data import build_data
 from recipes.errors import UsageError
 from recipes.schema import RecipeConfig
 from tests.script_modules import load_script
-from tests.test_callbacks_preemption import last_logged_step
 from tests.test_ddp import COMPOSER, LAUNCHER_VARIABLES, REPO
 from tests.test_train import SMOKE_ACCURACY_BAR
 

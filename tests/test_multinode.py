@@ -25,8 +25,8 @@ import psutil
 import pytest
 
 from bench.streaming import OWN_SHARED_MEMORY, free_port
+from callbacks.metrics_file import last_logged_step
 from callbacks.preemption import PREEMPTED_EXIT_STATUS
-from tests.test_callbacks_preemption import last_logged_step
 from tests.test_ddp import COMPOSER, LAUNCHER_VARIABLES
 
 pytestmark = pytest.mark.usefixtures("aws_env")  # dummy credentials, nothing from ~/.aws
