@@ -9,7 +9,8 @@
    paid phases runs, for ``--steps`` steps (200) on generated JPEGs, nothing downloaded: SIGTERM a quarter in (the
    spot-interruption path: checkpoint at the next batch, exit status 75), then the same command again, which
    resumes from the checkpoint and finishes. Over every GPU through ``composer -n`` when there are several.
-4. One table on the console, and JSON with ``--output``.
+4. On 2 or more GPUs, the same recipe under FSDP (``parallelism.strategy=fsdp``) for 30 steps.
+5. One table on the console, and JSON with ``--output``.
 
 On a machine without a GPU it says so and runs a CPU-sized version (32 px, batch 8, 16 steps) of the same steps,
 then exits 0, so CI keeps the command working; its figures prove the code path, not a machine.
@@ -54,6 +55,8 @@ CPU_OVERRIDES = [
     "data.num_workers=0",
 ]
 SAM_FROM_MEDIUM = "algorithms.sam={rho: 0.5, interval: 20480sp}"
+# The FSDP run over every GPU of a multi-GPU machine: long enough to pass warm-up and write a checkpoint.
+FSDP_STEPS = 30
 
 
 def load_script(path: Path) -> ModuleType:
@@ -169,6 +172,35 @@ def recipe_run(work: Path, steps: int, gpus: int) -> dict[str, Any]:
     }
 
 
+def fsdp_run(work: Path, gpus: int) -> dict[str, Any]:
+    """The recipe under FSDP over every GPU (``parallelism.strategy=fsdp``; the recipe has no SAM, which Composer
+    refuses under FSDP in fp16) for ``FSDP_STEPS`` steps on the images ``recipe_run`` generated."""
+    if gpus < 2:
+        return {"skipped": f"FSDP runs on 2 or more GPUs (this machine: {gpus})", "ok": True}
+    folder = work / "fsdp-run"
+    command = [
+        shutil.which("composer") or str(Path(sys.executable).parent / "composer"), "-n", str(gpus), "train.py",
+        RECIPE, "run_name=gpu-check-fsdp", f"save_folder={folder}", f"data.cache_dir={work / 'cache'}",
+        "data.source=imagefolder", f"data.path={work / 'images'}", "data.max_classes=null",
+        "data.max_samples_per_class=null", f"max_duration={FSDP_STEPS}ba", f"eval_interval={FSDP_STEPS}ba",
+        f"save_interval={FSDP_STEPS}ba", "logging.progress_bar=false", "parallelism.strategy=fsdp",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=900)
+    summary_path = folder / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return {
+        "command": " ".join(command),
+        "status": done.returncode,
+        "steps": summary.get("steps"),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "throughput/samples_per_sec": summary.get("throughput/samples_per_sec"),
+        "val/acc1": summary.get("val/acc1"),
+        "ok": done.returncode == 0 and summary.get("steps") == FSDP_STEPS,
+        "log_tail": (done.stdout + done.stderr)[-2000:] if done.returncode else "",
+    }
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The one table a person reads: environment, throughput, and the recipe run."""
     env, run = report["environment"], report["recipe_run"]
@@ -186,6 +218,13 @@ def format_report(report: dict[str, Any]) -> str:
         ("doctor findings", ", ".join(run["doctor_findings"]) or "none"),
         ("result", "OK" if run["ok"] else "FAILED (see recipe_run.log_tail in the JSON)"),
     ]
+    fsdp = report["fsdp_run"]
+    if "skipped" in fsdp:
+        rows.append(("FSDP", f"skipped: {fsdp['skipped']}"))
+    else:
+        outcome = "OK" if fsdp["ok"] else "FAILED (see fsdp_run.log_tail in the JSON)"
+        rows.append(("FSDP", f"exit {fsdp['status']}, {fsdp['steps']} steps, "
+                             f"{fsdp['throughput/samples_per_sec']} images/s: {outcome}"))  # fmt: skip
     lines += [f"{name:<24}{value}" for name, value in rows]
     if not env["gpus"]:
         lines += ["", "gpu-check needs a GPU for real figures: this was the CPU-sized version of every step."]
@@ -216,11 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         report = {"environment": environment(), "throughput": throughput()}
         report["recipe_run"] = recipe_run(work, steps, gpus)
+        report["fsdp_run"] = fsdp_run(work, gpus)
     print(format_report(report))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 0 if report["recipe_run"]["ok"] else 1
+    return 0 if report["recipe_run"]["ok"] and report["fsdp_run"]["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.gpu_check import fsdp_run
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
@@ -28,3 +30,11 @@ def test_gpu_check_runs_its_cpu_version_end_to_end(tmp_path: Path) -> None:
     assert run["steps"] == 16 and run["ok"]
     assert 0 < run["preempted_after_step"] < 16
     assert "fp32" in report["throughput"]["modes"] and report["environment"]["gpus"] == 0
+    assert "skipped" in report["fsdp_run"] and "FSDP" in result.stdout
+
+
+def test_the_fsdp_run_is_a_valid_command_that_a_cpu_refuses(tmp_path: Path) -> None:
+    """Its overrides load (a wrong key would fail differently) and, without CUDA, the runtime's refusal is reported."""
+    run = fsdp_run(tmp_path, gpus=2)
+    assert run["status"] == 2 and not run["ok"], run
+    assert "parallelism.strategy=fsdp needs CUDA GPUs" in run["log_tail"]
