@@ -72,6 +72,7 @@ class StepBreakdown(Callback):
         self.marks: dict[str, float] = {}
         self.in_flight: list[tuple[float, float]] = []
         self.passes_in_optimizer = 0.0
+        self.optimizer_depth = 0
 
     def now(self) -> float:
         if self.sync:
@@ -92,12 +93,16 @@ class StepBreakdown(Callback):
             state.model.register_comm_hook(None, self.timed_all_reduce)
 
     def optimizer_started(self, *_: Any) -> None:
-        if self.recording:
+        # Nested: an optimizer subclass whose step calls super().step() runs the hooks once per patched level
+        # (torch wraps each class's step that an instance was made of); only the outermost call counts.
+        self.optimizer_depth += 1
+        if self.recording and self.optimizer_depth == 1:
             self.marks["optimizer"] = self.now()
             self.passes_in_optimizer = self.passes()
 
     def optimizer_finished(self, *_: Any) -> None:
-        if self.recording and "optimizer" in self.marks:
+        self.optimizer_depth -= 1
+        if self.recording and self.optimizer_depth == 0 and "optimizer" in self.marks:
             inside = self.passes() - self.passes_in_optimizer  # a closure's forward and backward passes
             self.seconds["optimizer"] += self.now() - self.marks.pop("optimizer") - inside
 

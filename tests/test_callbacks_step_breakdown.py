@@ -44,6 +44,9 @@ def slow_collate(samples: list) -> list[torch.Tensor]:
 
 
 def test_planted_delays_land_in_their_phase_and_only_the_window_is_traced(tmp_path: Path) -> None:
+    # A plain SGD made first, as other tests in the session do: torch then wraps SGD.step with the step hooks
+    # too, so SlowStepSGD's hooks fire twice, nested (the breakdown must count the outer call).
+    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     images, labels = torch.randn(48, 3, 8, 8), torch.arange(48) % 4
     loader = DataLoader(TensorDataset(images, labels), batch_size=4, collate_fn=slow_collate)  # 12 batches
     network = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 4))
