@@ -495,7 +495,7 @@ def _profiler(config: DictConfig, facts: RecipeFacts) -> list[Finding]:
                 "error",
                 "profiler.enabled=true with device_train_microbatch_size=auto: Composer refuses the two together. "
                 f"Set device_train_microbatch_size to a number: the per-device batch ({per_device}) if it fits, or "
-                "the size an auto run settled on (its metrics.jsonl logs trainer/device_train_microbatch_size).",
+                "the size an auto run settled on (Composer logs it as trainer/device_train_microbatch_size, in wandb).",
             )
         )
     return findings
