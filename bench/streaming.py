@@ -43,7 +43,7 @@ sys.path[:] = [str(REPOSITORY)] + [
     entry for entry in sys.path if Path(entry or ".").resolve() != REPOSITORY / "bench"
 ]
 
-from bench.data_pipeline import generate_images, our_dataset  # noqa: E402
+from bench.data_pipeline import generate_images, our_dataset, timed_pass  # noqa: E402
 from data import build_data  # noqa: E402
 from recipes.schema import RecipeConfig  # noqa: E402
 
@@ -81,15 +81,6 @@ def stream_pass(dataset: torch.utils.data.IterableDataset) -> tuple[float, Count
     started = time.perf_counter()
     for _, label in dataset:
         labels[int(label)] += 1
-    return sum(labels.values()) / (time.perf_counter() - started), labels
-
-
-def folder_pass(dataset: torch.utils.data.Dataset) -> tuple[float, Counter]:
-    """One pass over the folder source by index: images per second and its labels."""
-    labels: Counter = Counter()
-    started = time.perf_counter()
-    for index in range(len(dataset)):
-        labels[int(dataset[index][1])] += 1
     return sum(labels.values()) / (time.perf_counter() - started), labels
 
 
@@ -187,7 +178,8 @@ def measure(images: int, rounds: int, nodes: int, resolutions: list[int], scratc
         stream_pass(smaller)
         best_folder = best_stream = best_small = 0.0
         for _ in range(rounds):
-            rate, folder_labels = folder_pass(folder)
+            rate, labels, _ = timed_pass(folder)
+            folder_labels = Counter(int(label) for label in labels)
             best_folder = max(best_folder, rate)
             rate, stream_labels = stream_pass(stream)
             best_stream = max(best_stream, rate)

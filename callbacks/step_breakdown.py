@@ -82,6 +82,10 @@ class StepBreakdown(Callback):
     def passes(self) -> float:
         return self.seconds["forward"] + self.seconds["backward"]
 
+    def accounted(self) -> float:
+        """Seconds in every phase but ``other`` so far (``other`` is a step's remainder)."""
+        return sum(self.seconds[phase] for phase in PHASES if phase != "other")
+
     # Hooks installed at FIT_START (the model is DDP-wrapped and the optimizers exist by then).
 
     def fit_start(self, state: State, logger: Logger) -> None:
@@ -137,9 +141,7 @@ class StepBreakdown(Callback):
         self.recording = state.profiler is not None and state.profiler.schedule(state) in RECORDED
         if self.recording:
             self.step_started = self.now()
-            self.step_passes = self.passes()
-            self.step_optimizer = self.seconds["optimizer"]
-            self.step_data = self.seconds["data_wait"]
+            self.step_accounted = self.accounted()
             self.in_flight = []
             self.start("data_wait")
 
@@ -168,12 +170,7 @@ class StepBreakdown(Callback):
         if not self.recording:
             return
         step = self.now() - self.step_started
-        accounted = (
-            (self.passes() - self.step_passes)
-            + (self.seconds["optimizer"] - self.step_optimizer)
-            + (self.seconds["data_wait"] - self.step_data)
-        )
-        self.seconds["other"] += max(0.0, step - accounted)
+        self.seconds["other"] += max(0.0, step - (self.accounted() - self.step_accounted))
         self.all_reduce_s += covered_seconds(self.in_flight)
         self.all_reduce_buckets += len(self.in_flight)
         self.steps += 1

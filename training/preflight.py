@@ -530,9 +530,9 @@ def _fsdp(config: DictConfig, facts: RecipeFacts) -> list[Finding]:
                 "parallelism.state_dict_type=full.",
             )
         )
-    copies = [name for name in ("swa",) if name in algorithms]
-    if config.task == "moco_v3":
-        copies.insert(0, "task=moco_v3 (its momentum encoder)")
+    copies = ["task=moco_v3 (its momentum encoder)"] if config.task == "moco_v3" else []
+    if "swa" in algorithms:
+        copies.append("swa")
     if copies:
         findings.append(
             _finding(

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from composer.utils import dist
+from composer.utils.parallelism import FSDPConfig
 from omegaconf import DictConfig
 
 from data.loaders import split_batch_over_processes
@@ -96,8 +97,6 @@ def parallelism_config(settings: DictConfig) -> dict[str, Any] | None:
     switch Composer to FSDP2, which refuses ``device_train_microbatch_size=auto`` and this project has not run."""
     if settings.strategy != "fsdp":
         return None
-    from composer.utils.parallelism import FSDPConfig
-
     return {
         "fsdp": FSDPConfig(
             sharding_strategy=str(settings.sharding_strategy),
