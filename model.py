@@ -3,7 +3,8 @@ as a linear probe on a frozen pretrained backbone (``build_linear_probe``), and 
 self-supervised model (``build_moco_model``), each from a recipe.
 
 The architecture is torchvision's own (``torchvision.models.get_model``), so a run's weights load straight
-into ``torchvision.models.resnet50``; the way back from a checkpoint to a model (wrapper prefixes, EMA weight
+into ``torchvision.models.resnet50``; or timm's pre-activation ResNet (``PREACT_NAMES``, ``timm_preact_resnet``),
+whose weights load into ``timm.create_model`` and not into torchvision's. The way back from a checkpoint to a model (wrapper prefixes, EMA weight
 sets, BlurPool and StochasticDepth re-applied) lives in ``training.weights``. The loss (Composer's soft
 cross-entropy or its one-vs-all binary cross-entropy) and the weight initialisation (torchvision's or
 Mosaic's) follow Mosaic's ResNet benchmark: mosaicml/examples@daddaeff,
@@ -17,6 +18,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import timm
 import torch
 import torchvision
 from composer.loss import binary_cross_entropy_with_logits, soft_cross_entropy
@@ -24,6 +26,7 @@ from composer.metrics import CrossEntropy
 from composer.models import ComposerClassifier, ComposerModel
 from composer.utils import dist
 from omegaconf import DictConfig
+from timm.models.resnetv2 import PreActBasic, PreActBottleneck, ResNetV2
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -38,6 +41,9 @@ RESNET_NAMES: tuple[str, ...] = tuple(
     for name in torchvision.models.list_models(module=torchvision.models)
     if name.startswith(("resnet", "resnext", "wide_resnet"))
 )
+# timm's pre-activation ResNets (He et al. 2016, "Identity Mappings in Deep Residual Networks") with BatchNorm and
+# the plain 7x7 stem: PreActBasic blocks for 18/34, PreActBottleneck for 50 and deeper (timm/models/resnetv2.py).
+PREACT_NAMES: tuple[str, ...] = ("resnetv2_18", "resnetv2_34", "resnetv2_50", "resnetv2_101", "resnetv2_152")
 
 # model.loss -> Composer's loss function. Composer's BCE turns class indices into one-hot targets, sums the C
 # one-vs-all terms and divides by the batch size (composer/loss/loss.py:58-67), so its scale is per image.
@@ -133,13 +139,72 @@ class ConvHeadResNet(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.fc(x), 1), 1)
 
 
+def unknown_architecture(name: str) -> UsageError:
+    """The error for a model.name that is neither a torchvision ResNet nor a timm pre-activation one."""
+    return UsageError(
+        f"Unknown architecture model.name={name!r}; torchvision's ResNets are: {', '.join(RESNET_NAMES)}; "
+        f"timm's pre-activation ResNets are: {', '.join(PREACT_NAMES)}."
+    )
+
+
 def torchvision_resnet(name: str, num_classes: int) -> ResNet:
     """torchvision's untrained ResNet ``name``, with torchvision's own initialisation."""
-    if name not in RESNET_NAMES:
+    if name in PREACT_NAMES:
         raise UsageError(
-            f"Unknown architecture model.name={name!r}; torchvision's ResNets are: {', '.join(RESNET_NAMES)}."
+            f"model.name={name} is timm's pre-activation ResNet, and this needs one of torchvision's (task "
+            "moco_v3, task linear_probe and the conversion to torchvision weights take only those): use "
+            f"model.name=resnet50 or another of: {', '.join(RESNET_NAMES)}."
         )
+    if name not in RESNET_NAMES:
+        raise unknown_architecture(name)
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def timm_preact_resnet(name: str, num_classes: int, drop_path_rate: float = 0.0) -> ResNetV2:
+    """timm's untrained pre-activation ResNet ``name`` (one of ``PREACT_NAMES``), with timm's own initialisation.
+
+    Pre-activation as He et al. 2016 define it (timm 1.0, timm/models/resnetv2.py): ``PreActBottleneck.forward``
+    normalises first, ``norm1`` (a ``BatchNormAct2d``: BatchNorm then ReLU) before ``conv1``, ``norm2`` before
+    ``conv2``, ``norm3`` before ``conv3``, and adds the untouched block input (a projection shortcut reads the
+    normalised input); ``ResNetV2.norm`` is the last BN+ReLU, before pooling. The classifier ``head.fc`` is a 1x1
+    ``Conv2d`` after global average pooling (``ClassifierHead(use_conv=True)``), the same function as a Linear.
+    timm's init: Kaiming-normal (fan_out) convolutions, BatchNorm 1 and 0, ``head.fc`` N(0, 0.01) with zero bias.
+    ``drop_path_rate`` is timm's stochastic depth: ``DropPath`` drops each block's residual branch per image in
+    training (scaling the kept ones by 1 / (1 - rate)), at rates rising linearly from 0 over the blocks to it; at
+    eval it does nothing, so the weights load and export the same. Never ``pretrained=True``: that downloads
+    from the Hugging Face Hub.
+    """
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, drop_path_rate=drop_path_rate)
+
+
+def check_drop_path_rate(name: str, drop_path_rate: float) -> None:
+    """Refuse a ``model.drop_path_rate`` that would be ignored (a torchvision ResNet) or is out of range."""
+    if drop_path_rate == 0 or name not in (*PREACT_NAMES, *RESNET_NAMES):  # an unknown name is refused apart
+        return
+    if name in RESNET_NAMES:
+        raise UsageError(
+            f"model.drop_path_rate={drop_path_rate} is timm's stochastic depth, for timm's pre-activation ResNets "
+            f"({', '.join(PREACT_NAMES)}); model.name={name} is torchvision's, which takes "
+            "algorithms.stochastic_depth instead. Remove model.drop_path_rate."
+        )
+    if not 0 < drop_path_rate < 1:
+        raise UsageError(
+            f"model.drop_path_rate={drop_path_rate} is out of range; set it in [0, 1) (e.g. 0.05, what ResNet "
+            "strikes back's A1 and A2 ResNet-50 recipes use, Wightman et al. 2021)."
+        )
+
+
+def build_network(name: str, num_classes: int, drop_path_rate: float = 0.0) -> nn.Module:
+    """The untrained network ``name``: a torchvision ResNet or a timm pre-activation ResNet."""
+    check_drop_path_rate(name, drop_path_rate)
+    if name in PREACT_NAMES:
+        return timm_preact_resnet(name, num_classes, drop_path_rate)
+    return torchvision_resnet(name, num_classes)
+
+
+def classifier_layer(network: nn.Module) -> nn.Linear | nn.Conv2d:
+    """The layer that produces the logits: torchvision's ``fc`` (or the conv1x1 head's), timm's ``head.fc``."""
+    return network.head.fc if isinstance(network, ResNetV2) else network.fc
 
 
 def mosaic_init(network: nn.Module) -> None:
@@ -147,7 +212,8 @@ def mosaic_init(network: nn.Module) -> None:
 
     Kaiming-normal with PyTorch's defaults (fan_in, gain sqrt(2): std sqrt(2 / fan_in)) on every Conv2d and
     Linear weight, the 1x1-convolution head included; BatchNorm2d weights uniform in [0, 1) (``torch.rand``)
-    and biases zero. Other biases keep their construction init, as in Mosaic's code.
+    and biases zero. Other biases keep their construction init, as in Mosaic's code. timm's ``BatchNormAct2d``
+    is a BatchNorm2d and its convolutions and ``head.fc`` are Conv2d, so the same holds for ``PREACT_NAMES``.
     """
 
     def weight_init(module: nn.Module) -> None:
@@ -173,9 +239,13 @@ def zero_init_residual(network: nn.Module) -> None:
 
     The same rule as torchvision's ``zero_init_residual`` (torchvision/models/resnet.py:218-223, 0.22),
     applied here so that it also holds after an initialisation that rewrites every BatchNorm (Mosaic's).
+    A pre-activation block's residual branch ends in a convolution with no BatchNorm after it, so timm's
+    ``zero_init_last`` zeroes that convolution's weight instead (``conv3``, or ``conv2`` in ``PreActBasic``).
     """
     for module in network.modules():
-        if isinstance(module, Bottleneck) and module.bn3.weight is not None:
+        if isinstance(module, PreActBottleneck | PreActBasic):
+            module.zero_init_last()
+        elif isinstance(module, Bottleneck) and module.bn3.weight is not None:
             nn.init.zeros_(module.bn3.weight)
         elif isinstance(module, BasicBlock) and module.bn2.weight is not None:
             nn.init.zeros_(module.bn2.weight)
@@ -185,7 +255,7 @@ def is_residual_block(module: nn.Module) -> bool:
     """A ResNet's unit for FSDP and for activation checkpointing: one residual block. Smaller units (single
     convolutions) would all-gather and recompute more often for no memory a ResNet needs back; BatchNorm layers
     get units of their own from PyTorch regardless, to stay fp32 under mixed precision."""
-    return isinstance(module, (BasicBlock, Bottleneck))
+    return isinstance(module, (BasicBlock, Bottleneck, PreActBasic, PreActBottleneck))
 
 
 def build_model(
@@ -196,8 +266,10 @@ def build_model(
     """The recipe's ResNet as a Composer classifier (``classifier_type``: ``LinearProbe`` for a probe) with
     acc1/acc5/loss metrics and the recipe's loss.
 
-    Initialised in this order: torchvision's init at construction (and the 1x1 head's PyTorch default), then
-    Mosaic's init if chosen, then the -log(C) classifier bias under BCE, then zero_init_residual.
+    Initialised in this order: torchvision's init at construction (and the 1x1 head's PyTorch default; timm's
+    init for ``PREACT_NAMES``), then Mosaic's init if chosen, then the -log(C) classifier bias under BCE, then
+    zero_init_residual. ``head: conv1x1`` is refused for timm's networks: their head is a 1x1 convolution
+    already (after pooling, the same function), and rebuilding it would rename timm's keys for nothing.
     """
     if model_cfg.num_classes is not None and model_cfg.num_classes != num_classes:
         raise UsageError(
@@ -212,13 +284,19 @@ def build_model(
     ):
         if value not in set(choices):
             raise UsageError(f"Unknown model.{key}={value!r}; choose one of: {', '.join(choices)}.")
-    network: nn.Module = torchvision_resnet(model_cfg.name, num_classes)
+    if model_cfg.name in PREACT_NAMES and model_cfg.head == Head.conv1x1:
+        raise UsageError(
+            f"model.head=conv1x1 with model.name={model_cfg.name}: timm's pre-activation ResNet already "
+            "classifies with a 1x1 convolution (head.fc, after global pooling, the same function as conv1x1's "
+            "before it). Remove model.head (or set model.head=fc)."
+        )
+    network = build_network(model_cfg.name, num_classes, model_cfg.drop_path_rate)
     if model_cfg.head == Head.conv1x1:
         network = ConvHeadResNet(network, num_classes)
     if model_cfg.init == Init.mosaic:
         mosaic_init(network)
     if model_cfg.loss == Loss.binary_cross_entropy:
-        start_at_chance_under_bce(network.fc, num_classes)
+        start_at_chance_under_bce(classifier_layer(network), num_classes)
     if model_cfg.zero_init_residual:
         zero_init_residual(network)
     # Read by Composer under FSDP (distributed/dist_strategy.py): one FSDP unit and one checkpointed unit per block.
@@ -502,6 +580,7 @@ def build_moco_model(
     SyncBatchNorm raises on CPU tensors, torch/nn/modules/batchnorm.py:779-787 in 2.7.0; its keys are
     BatchNorm's, so the backbone still loads into torchvision)."""
     _check_moco_settings(model_cfg, moco_cfg)
+    check_drop_path_rate(model_cfg.name, model_cfg.drop_path_rate)
     backbone = torchvision_resnet(model_cfg.name, moco_cfg.projector_hidden_dim)
     if model_cfg.init == Init.mosaic:
         mosaic_init(backbone)

@@ -1,7 +1,8 @@
 """Composer's own algorithms by recipe name: a recipe's ``algorithms:`` mapping becomes Composer objects.
 
 Nothing is re-implemented here; this module only maps names to Composer classes (plus this project's
-``data_progressive_resizing``, which Composer lacks), fills the ResNet-specific defaults Composer cannot guess,
+``data_progressive_resizing``, which Composer lacks, and ``ghost_batchnorm``, Composer's with an evaluation that
+takes any batch size), fills the ResNet-specific defaults Composer cannot guess,
 checks arguments against each class's signature before any work starts, and converts the settings Composer
 counts in batches from samples when a recipe writes them so (``SAMPLE_COUNTED``).
 """
@@ -16,21 +17,29 @@ from composer.algorithms import (
     EMA,
     SAM,
     SWA,
+    AugMix,
     BlurPool,
     ChannelsLast,
     ColOut,
     CutMix,
+    CutOut,
+    Factorize,
     GradientClipping,
     LabelSmoothing,
+    LayerFreezing,
     MixUp,
     ProgressiveResizing,
     RandAugment,
+    SelectiveBackprop,
+    SqueezeExcite,
     StochasticDepth,
+    WeightStandardization,
 )
 from composer.core import Algorithm, TimeUnit
 from omegaconf import DictConfig, OmegaConf
 
 from algorithms.data_progressive_resizing import DataProgressiveResizing
+from algorithms.ghost_batchnorm import GhostBatchNorm
 from recipes.durations import parse_time, steps_in
 from recipes.errors import UsageError, suggest
 
@@ -49,6 +58,14 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "sam": SAM,
     "colout": ColOut,
     "gradient_clipping": GradientClipping,
+    "augmix": AugMix,
+    "cutout": CutOut,
+    "selective_backprop": SelectiveBackprop,
+    "squeeze_excite": SqueezeExcite,
+    "ghost_batchnorm": GhostBatchNorm,
+    "layer_freezing": LayerFreezing,
+    "factorize": Factorize,
+    "weight_standardization": WeightStandardization,
 }
 
 # Defaults Composer cannot pick for us. StochasticDepth calls torchvision's Bottleneck "ResNetBottleneck".
@@ -124,9 +141,18 @@ def validate_algorithms(algorithms: Mapping[str, Any] | DictConfig) -> None:
 
 def validate_recipe_algorithms(config: DictConfig) -> None:
     """The recipe's ``algorithms`` section, checked before any work: names, arguments, and the combinations
-    that cannot work (the two progressive resizings together; the data-side one without the fast pipeline)."""
+    that cannot work (the two progressive resizings together; the data-side one without the fast pipeline;
+    SelectiveBackprop on the fast pipeline's uint8 batches; WeightStandardization listed before Factorize)."""
     validate_algorithms(config.algorithms)
     enabled = enabled_algorithms(config.algorithms)
+    _check_surgery_order(list(enabled))
+    if "selective_backprop" in enabled and config.data.pipeline == "fast":
+        raise UsageError(
+            "'algorithms.selective_backprop' runs the model on each batch as it leaves the loader "
+            "(Event.AFTER_DATALOADER) to pick the hardest images, and data.pipeline=fast hands over uint8 images "
+            "that are normalised only later, just before the forward pass: the selection pass would fail on "
+            "them. Set data.pipeline=torchvision (normalised in the workers) or algorithms.selective_backprop=null."
+        )
     if "data_progressive_resizing" not in enabled:
         return
     if "progressive_resizing" in enabled:
@@ -138,6 +164,20 @@ def validate_recipe_algorithms(config: DictConfig) -> None:
         raise UsageError(
             "'algorithms.data_progressive_resizing' needs data.pipeline=fast (its crop step takes the size); "
             f"data.pipeline is '{config.data.pipeline}'. Use algorithms.progressive_resizing with it instead."
+        )
+
+
+def _check_surgery_order(names: list[str]) -> None:
+    """Composer applies the surgery algorithms at Event.INIT in the recipe's order. Factorize replaces each
+    convolution it factorizes with two new ones, so a WeightStandardization listed before it would lose its
+    parametrization on those convolutions (13 of ResNet-18's 20 at min_channels=128)."""
+    if {"weight_standardization", "factorize"} <= set(names) and names.index(
+        "weight_standardization"
+    ) < names.index("factorize"):
+        raise UsageError(
+            "'algorithms.weight_standardization' comes before 'algorithms.factorize' in the recipe, and "
+            "Composer applies them in that order: the convolutions Factorize then replaces would no longer "
+            "be standardized. List factorize first (or set one of them to null)."
         )
 
 
@@ -236,11 +276,16 @@ def _owner(cls: type) -> str:
 def build_algorithms(
     algorithms: Mapping[str, Any] | DictConfig, *, global_batch_size: int
 ) -> list[Algorithm]:
-    """Composer algorithm objects for the recipe, in the recipe's order, with settings in samples converted to
-    steps at ``global_batch_size``; a rejected value names its key."""
+    """Composer algorithm objects for the recipe, in the recipe's order but ChannelsLast last, with settings in
+    samples converted to steps at ``global_batch_size``; a rejected value names its key."""
     validate_algorithms(algorithms)
     built = []
-    for name, arguments in enabled_algorithms(algorithms).items():
+    enabled = enabled_algorithms(algorithms)
+    # ChannelsLast converts the weights that exist when it runs; convolutions that Factorize, SqueezeExcite or
+    # BlurPool add after it would stay in NCHW, so it runs after them whatever the recipe's order.
+    if "channels_last" in enabled:
+        enabled["channels_last"] = enabled.pop("channels_last")
+    for name, arguments in enabled.items():
         try:
             built.append(ALGORITHMS[name](**in_steps(name, arguments, global_batch_size)))
         except (ValueError, TypeError) as error:

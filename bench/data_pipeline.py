@@ -12,6 +12,12 @@ eval transforms at 224, 160, 128 and 64 px:
   crop-and-resize, uint8 out; normalisation runs per batch on the training device, so it is not a worker's job;
   ``ours_cpu_normalise_img_s`` adds it back, batched on the CPU, for a GPU-less comparison).
 
+The recipe's training augmentations are measured the same way at 224 px (``AUGMENTED``): ours with
+``data.auto_augment=ta_wide`` (+ ``data.random_erasing=0.1``, + ``data.color_jitter``) against the torchvision
+preset with the same transforms where torchvision's references/classification/presets.py puts them
+(TrivialAugmentWide on the PIL crop, RandomErasing on the normalised floats; ColorJitter after the policy).
+Ours without them joins the alternation, so ``of_plain_ours`` is what they cost ours under the same load.
+
 Both read every image once per pass, in the same order, in one process with one thread (what a DataLoader
 worker does); passes alternate between the two and the best of ``--rounds`` counts, so background load hits both
 alike. Labels must come out in the same order and shapes must match, or the run fails. Decode-only rates (the
@@ -49,6 +55,14 @@ RESOLUTIONS = (224, 160, 128, 64)
 # NVIDIA DALI's CPU pipeline (the optional `dali` extra) is measured at the paid phases' training sizes.
 DALI_RESOLUTIONS = (224, 160, 128)
 TARGETS = {"224": 1.3, "128": 1.6}
+# Training augmentations measured at AUGMENTED_RESOLUTION, as recipe `data` keys (ImageNet recipes' values).
+JITTER = [0.4, 0.4, 0.4, 0.0]
+AUGMENTED = {
+    "ta_wide": {"auto_augment": "ta_wide"},
+    "ta_wide+erase": {"auto_augment": "ta_wide", "random_erasing": 0.1},
+    "ta_wide+erase+jitter": {"auto_augment": "ta_wide", "random_erasing": 0.1, "color_jitter": JITTER},
+}
+AUGMENTED_RESOLUTION = 224
 CLASSES = 8
 SIZE = (500, 375)
 
@@ -84,11 +98,21 @@ def generate_images(root: Path, count: int, seed: int = 0) -> None:
             link.symlink_to(class_folder.resolve(), target_is_directory=True)
 
 
-def baseline_dataset(root: Path, kind: str, resolution: int) -> datasets.ImageFolder:
-    """torchvision's ImageFolder with the reference classification presets."""
+def baseline_dataset(
+    root: Path, kind: str, resolution: int, augmentation: dict | None = None
+) -> datasets.ImageFolder:
+    """torchvision's ImageFolder with the reference classification presets (and ``augmentation``'s keys, as
+    references/classification/presets.py places them)."""
+    augmentation = augmentation or {}
     normalise = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if augmentation.get("random_erasing"):
+        normalise.append(transforms.RandomErasing(p=augmentation["random_erasing"], value=0))
     if kind == "train":
         steps = [transforms.RandomResizedCrop(resolution, antialias=True), transforms.RandomHorizontalFlip()]
+        if augmentation.get("auto_augment") == "ta_wide":
+            steps.append(transforms.TrivialAugmentWide())
+        if augmentation.get("color_jitter"):
+            steps.append(transforms.ColorJitter(*augmentation["color_jitter"]))
     else:
         steps = [
             transforms.Resize(round(resolution / 0.875), antialias=True),
@@ -97,10 +121,14 @@ def baseline_dataset(root: Path, kind: str, resolution: int) -> datasets.ImageFo
     return datasets.ImageFolder(str(root / "train"), transform=transforms.Compose(steps + normalise))
 
 
-def our_dataset(root: Path, kind: str, resolution: int, scratch: Path) -> torch.utils.data.Dataset:
-    """This project's imagefolder source with the fast pipeline, as train.py builds it."""
+def our_dataset(
+    root: Path, kind: str, resolution: int, scratch: Path, augmentation: dict | None = None
+) -> torch.utils.data.Dataset:
+    """This project's imagefolder source with the fast pipeline (and ``augmentation``'s data keys), as train.py
+    builds it."""
     data = {"source": "imagefolder", "path": str(root), "pipeline": "fast", "num_workers": 0}
     data |= {"train_resolution": resolution, "eval_resolution": resolution, "cache_dir": str(scratch)}
+    data |= augmentation or {}
     config = OmegaConf.merge(OmegaConf.structured(RecipeConfig), {"global_batch_size": 8, "data": data})
     bundle = build_data(config)
     loader = bundle.train.dataloader if kind == "train" else bundle.val.dataloader
@@ -116,6 +144,39 @@ def timed_pass(dataset: torch.utils.data.Dataset) -> tuple[float, list[int], tup
         labels.append(label)
     seconds = time.perf_counter() - started
     return len(labels) / seconds, labels, tuple(image.shape)
+
+
+def compare(
+    ours: torch.utils.data.Dataset,
+    baseline: torch.utils.data.Dataset,
+    rounds: int,
+    label: str,
+    plain: torch.utils.data.Dataset | None = None,
+) -> dict:
+    """Best-of-``rounds`` rates of ours and the baseline in alternating passes, their ratio, and ours normalised
+    on the CPU; labels and shapes must agree. ``plain`` (ours without the augmentations) joins the alternation,
+    so what the augmentations cost ours is measured under the same load."""
+    best_ours = best_baseline = best_plain = 0.0
+    for _ in range(rounds):
+        rate, baseline_labels, baseline_shape = timed_pass(baseline)
+        best_baseline = max(best_baseline, rate)
+        rate, our_labels, our_shape = timed_pass(ours)
+        best_ours = max(best_ours, rate)
+        if plain is not None:
+            best_plain = max(best_plain, timed_pass(plain)[0])
+    if our_labels != baseline_labels or our_shape != baseline_shape:
+        raise SystemExit(f"{label}: outputs differ in label order or shape")
+    row = {
+        "ours_img_s": round(best_ours, 1),
+        "baseline_img_s": round(best_baseline, 1),
+        "ratio": round(best_ours / best_baseline, 2),
+        "ours_cpu_normalise_img_s": round(cpu_normalise_rate(ours), 1),
+        "output_shape": list(our_shape),
+    }
+    if plain is not None:
+        row["ours_plain_img_s"] = round(best_plain, 1)
+        row["of_plain_ours"] = round(best_ours / best_plain, 2)
+    return row
 
 
 def cpu_normalise_rate(dataset: torch.utils.data.Dataset, batch_size: int = 64) -> float:
@@ -240,23 +301,9 @@ def main() -> int:
             for resolution in RESOLUTIONS:
                 ours = our_dataset(root, kind, resolution, scratch / "cache")
                 baseline = baseline_dataset(root, kind, resolution)
-                best_ours = best_baseline = 0.0
-                for _ in range(args.rounds):
-                    rate, baseline_labels, baseline_shape = timed_pass(baseline)
-                    best_baseline = max(best_baseline, rate)
-                    rate, our_labels, our_shape = timed_pass(ours)
-                    best_ours = max(best_ours, rate)
-                if our_labels != baseline_labels or our_shape != baseline_shape:
-                    raise SystemExit(f"{kind} {resolution}px: outputs differ in label order or shape")
-                normalised = cpu_normalise_rate(ours)
-                results[kind][str(resolution)] = {
-                    "ours_img_s": round(best_ours, 1),
-                    "baseline_img_s": round(best_baseline, 1),
-                    "ratio": round(best_ours / best_baseline, 2),
-                    "ours_cpu_normalise_img_s": round(normalised, 1),
-                    "output_shape": list(our_shape),
-                }
-                row = results[kind][str(resolution)]
+                row = compare(ours, baseline, args.rounds, f"{kind} {resolution}px")
+                results[kind][str(resolution)] = row
+                normalised = row["ours_cpu_normalise_img_s"]
                 dali = ""
                 if kind == "train" and resolution in DALI_RESOLUTIONS:
                     rate = dali_train_rate(root, resolution, args.rounds, len(files))
@@ -271,6 +318,23 @@ def main() -> int:
                     f"{row['ratio']:>6.2f}x{normalised:>15.0f}{dali}",
                     flush=True,
                 )
+        plain = our_dataset(root, "train", AUGMENTED_RESOLUTION, scratch / "cache")
+        results["train_augmented"] = {"resolution": AUGMENTED_RESOLUTION}
+        print(
+            f"train {AUGMENTED_RESOLUTION} px augmented{'ours img/s':>18}{'baseline':>10}{'ratio':>7}"
+            f"{'ours+cpu norm':>15}{'of plain ours':>15}"
+        )
+        for name, augmentation in AUGMENTED.items():
+            ours = our_dataset(root, "train", AUGMENTED_RESOLUTION, scratch / "cache", augmentation)
+            baseline = baseline_dataset(root, "train", AUGMENTED_RESOLUTION, augmentation)
+            row = compare(ours, baseline, args.rounds, f"train {AUGMENTED_RESOLUTION}px {name}", plain)
+            row["augmentation"] = augmentation
+            results["train_augmented"][name] = row
+            print(
+                f"  {name:30}{row['ours_img_s']:>12.0f}{row['baseline_img_s']:>10.0f}{row['ratio']:>6.2f}x"
+                f"{row['ours_cpu_normalise_img_s']:>15.0f}{row['of_plain_ours']:>14.2f}x",
+                flush=True,
+            )
         results["decode_only"] = decode_rates(files, args.rounds)
         print("decode only (img/s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["decode_only"].items()))
 

@@ -74,27 +74,51 @@ def flat_val_catalog(
         wnids = sorted(set(labels.values()))  # eval-only without a train folder: the classes the labels use
     else:
         raise UsageError(f"{train_folder} does not exist; expected {LAYOUT} under {root}.")
-    index = {wnid: label for label, wnid in enumerate(wnids)}
-    val_samples: list[Sample] = []
-    for path in val_files:
-        wnid = labels.get(_image_id(path))
-        if wnid is None:
-            missing = [p for p in val_files if _image_id(p) not in labels]
-            raise UsageError(
-                f"{len(missing)} images in {val_folder} have no label in the label file under {root} "
-                f"(first: {Path(missing[0]).name}). Use the label file that belongs to these images."
-            )
-        if wnid not in index:
-            raise UsageError(
-                f"The label file under {root} gives '{wnid}' for {Path(path).name}, which is not a class folder "
-                f"in {train_folder}. Labels must be wnids such as n01440764 (ImageSets/CLS-LOC/val.txt "
-                "holds running numbers, not labels)."
-            )
-        val_samples.append((path, index[wnid]))
+    val_samples = label_flat_images(
+        val_files, labels, wnids, folder=val_folder, label_file=f"under {root}",
+        classes_from=f"a class folder in {train_folder}",
+        hint=" Labels must be wnids such as n01440764 (ImageSets/CLS-LOC/val.txt holds running numbers, "
+        "not labels).",
+    )  # fmt: skip
     train_split = None
     if train:
         train_split = Split(labelled_files(train_folder, wnids, index_cache), open_image, str(train_folder))
     return Catalog(wnids, train_split, Split(val_samples, open_image, str(val_folder)))
+
+
+def label_flat_images(
+    files: list[str],
+    labels: dict[str, str],
+    wnids: list[str],
+    *,
+    folder: Path,
+    label_file: str,
+    classes_from: str,
+    hint: str = "",
+) -> list[Sample]:
+    """(path, class index) for each image of a flat folder, labelled by ``labels`` (image id to wnid).
+
+    Shared by the flat validation folders labelled by a file (ILSVRC's, Tiny ImageNet's). ``label_file`` says
+    which file the labels came from ("under ROOT" or its path), ``classes_from`` where the classes came from,
+    for the error when a label is not one of them; ``hint`` is added to that error.
+    """
+    index = {wnid: label for label, wnid in enumerate(wnids)}
+    samples: list[Sample] = []
+    for path in files:
+        wnid = labels.get(_image_id(path))
+        if wnid is None:
+            missing = [p for p in files if _image_id(p) not in labels]
+            raise UsageError(
+                f"{len(missing)} images in {folder} have no label in the label file {label_file} "
+                f"(first: {Path(missing[0]).name}). Use the label file that belongs to these images."
+            )
+        if wnid not in index:
+            raise UsageError(
+                f"The label file {label_file} gives '{wnid}' for {Path(path).name}, which is not "
+                f"{classes_from}.{hint}"
+            )
+        samples.append((path, index[wnid]))
+    return samples
 
 
 def read_val_labels(root: Path, image_ids: list[str]) -> dict[str, str]:
@@ -153,7 +177,8 @@ def class_names(synset_file: Path, wnids: list[str]) -> list[str]:
         return wnids
     names: dict[str, str] = {}
     for line in synset_file.read_text(encoding="utf-8").splitlines():
-        wnid, _, description = line.strip().partition(" ")
+        # "wnid name, other names": a space in LOC_synset_mapping.txt, a tab in Tiny ImageNet's words.txt.
+        wnid, _, description = line.strip().replace("\t", " ").partition(" ")
         if wnid:
             names[wnid] = description.split(",")[0].strip() or wnid
     short = [names.get(wnid, wnid) for wnid in wnids]

@@ -19,7 +19,7 @@ from composer.core import DataSpec
 from composer.utils import dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from data import digits, hf, ilsvrc, imagefolder, streaming, synthetic
+from data import digits, hf, ilsvrc, imagefolder, streaming, synthetic, tiny_imagenet
 from data.bad_images import BadImageLog
 from data.resumable_sampler import ResumableSampler
 from data.samples import Catalog, Split
@@ -37,6 +37,7 @@ SOURCES: dict[DataSource, Callable[..., Catalog]] = {
     DataSource.hf: hf.build_catalog,
     DataSource.synthetic: synthetic.build_catalog,
     DataSource.streaming: streaming.build_catalog,
+    DataSource.tiny_imagenet: tiny_imagenet.build_catalog,
 }
 
 

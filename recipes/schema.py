@@ -71,6 +71,7 @@ class DataSource(Choice):
     hf = "hf"
     synthetic = "synthetic"
     streaming = "streaming"
+    tiny_imagenet = "tiny_imagenet"
 
 
 class ShuffleAlgo(Choice):
@@ -162,23 +163,31 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 class ModelConfig:
     """The network: torchvision's ResNet architecture wrapped as a Composer classifier."""
 
-    # torchvision architecture name; resnet50 is the product, smaller ones are for quick experiments.
+    # torchvision architecture name (resnet50 is the product, smaller ones are for quick experiments), or timm's
+    # pre-activation ResNet (He et al. 2016): resnetv2_18/34/50/101/152, supervised only, no torchvision weights.
     name: str = "resnet50"
     # Number of output classes; None takes it from the data.
     num_classes: int | None = None
     # Zero-init the last BN gamma of each residual block (Goyal et al. 2017): each block starts as identity.
+    # Pre-activation blocks end in a convolution, not a BN: its weight is zeroed instead (timm's zero_init_last).
     zero_init_residual: bool = True
-    # Classifier head: "fc" (torchvision's Linear) or "conv1x1" (a 1x1 convolution before pooling).
+    # Classifier head: "fc" (torchvision's Linear; timm's own head.fc for resnetv2) or "conv1x1" (a 1x1
+    # convolution before pooling; torchvision names only).
     head: Head = Head.fc
     # cross_entropy (soft targets) or binary_cross_entropy (one-vs-all on the same soft targets, as Mosaic's
     # Mild/Medium/Hot recipes; the classifier bias starts at -log(num_classes)).
     loss: Loss = Loss.cross_entropy
-    # Weight initialisation: torchvision's own, or Mosaic's ResNet benchmark's (Kaiming-normal convolutions and
-    # classifier, BatchNorm weights uniform in [0, 1), biases zero); zero_init_residual applies after either.
+    # Weight initialisation: torchvision's own (timm's own for resnetv2), or Mosaic's ResNet benchmark's
+    # (Kaiming-normal convolutions and classifier, BatchNorm weights uniform in [0, 1), biases zero);
+    # zero_init_residual applies after either.
     init: Init = Init.torchvision
     # task linear_probe: the MoCo v3 pretraining checkpoint (a file or s3:// URI) whose backbone is loaded and
     # frozen; only the classifier trains.
     backbone_checkpoint: str | None = None
+    # resnetv2 names only: timm's stochastic depth, each block's residual branch dropped per image in training
+    # at a rate rising linearly over the blocks to this one (0: off). torchvision's ResNets take
+    # algorithms.stochastic_depth instead.
+    drop_path_rate: float = 0.0
 
 
 @dataclass
@@ -237,16 +246,18 @@ class StreamingConfig:
 class DataConfig:
     """Where the images come from, which of them, and how they are transformed and loaded."""
 
-    # Where the images come from: the bundled digits, a folder, an ILSVRC/Kaggle layout, Hugging Face, generated.
+    # Where the images come from: the bundled digits, a folder, an ILSVRC/Kaggle layout, Hugging Face, generated,
+    # MDS shards, or the tiny-imagenet-200 folder.
     source: DataSource = DataSource.digits
-    # Root folder (imagefolder, ilsvrc), or a Hugging Face hub name or saved-dataset folder (hf).
+    # Root folder (imagefolder, ilsvrc, tiny_imagenet), or a Hugging Face hub name or saved-dataset folder (hf).
     path: str | None = None
     # Where derived data (the digits JPEG folder, file indexes, drawn Hugging Face subsets) is written.
     cache_dir: str = "~/.cache/mosaic-resnet50"
     # Folder sources: cache the file listing under cache_dir (rebuilt when a folder changes) so a restart or a
     # second process does not walk 1.28M files again.
     index_cache: bool = True
-    # Split names: folder names for imagefolder, split names for hf ("train"/"validation" for imagenet-1k).
+    # Split names: folder names for imagefolder, ilsvrc and tiny_imagenet, split names for hf ("train"/"validation"
+    # for imagenet-1k).
     train_split: str = "train"
     val_split: str = "val"
     # hf: stream from the hub instead of downloading the whole dataset first.
@@ -278,6 +289,17 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     horizontal_flip: bool = True
+    # Training only, after crop and flip (evaluation is never augmented): torchvision's ColorJitter brightness,
+    # contrast, saturation and hue on every training image (null: off).
+    color_jitter: list[float] | None = None
+    # torchvision references/classification's --auto-augment policy: ta_wide (TrivialAugmentWide), ra
+    # (RandAugment), imagenet | cifar10 | svhn (AutoAugment with that policy); null: off.
+    auto_augment: str | None = None
+    # auto_augment=ra: RandAugment's magnitude, 0-30 (torchvision's reference default 9).
+    ra_magnitude: int = 9
+    # Probability of torchvision's RandomErasing per training image (--random-erase): a box erased to 0 after
+    # normalisation (the fast path fills it with the mean in uint8, the same input to the model).
+    random_erasing: float = 0.0
     # Eval: resize the short side to resolution / ratio, then center-crop `eval_resolution`.
     eval_crop_ratio: float = 0.875
     interpolation: Interpolation = Interpolation.bilinear
@@ -381,6 +403,8 @@ class LoggingConfig:
     wandb_entity: str | None = None
     # wandb's mode: offline writes the run locally to sync later.
     wandb_mode: WandbMode = WandbMode.online
+    # wandb's run group (tools.ablate sets the study's name, so a study's runs are shown together).
+    wandb_group: str | None = None
 
 
 @dataclass

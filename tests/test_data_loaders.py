@@ -63,6 +63,7 @@ def test_registry_has_a_builder_for_every_source_the_schema_names() -> None:
         "hf",
         "synthetic",
         "streaming",
+        "tiny_imagenet",
     }
 
 

@@ -21,6 +21,7 @@ from composer.loggers import Logger
 import evaluate
 import train
 from algorithms.registry import enabled_algorithms
+from data import tiny_imagenet
 from data.synthetic import SyntheticImages
 from model import moco_backbone_state, moco_initial_loss
 from recipes.loading import available_recipes
@@ -78,7 +79,7 @@ def class_count(name: str) -> int:
         return int(config.model.num_classes)
     if config.data.max_classes:
         return int(config.data.max_classes)
-    return 10 if config.data.source == "digits" else 1000
+    return {"digits": 10, "tiny_imagenet": tiny_imagenet.NUM_CLASSES}.get(str(config.data.source), 1000)
 
 
 def generated_folder(name: str, image_folders: dict[int, Path]) -> list[str]:

@@ -34,6 +34,8 @@ EXPECTED = {
     "g4dn_xlarge": (1, 256, 25_000, 97, 3_880),
     "troubleshoot_subset": (1, 256, 50_000, 195, 5_850),
     "g4dn_12xlarge": (4, 256, 1_281_167, 1_251, 112_590),
+    # Tiny ImageNet's published 100,000 training images (data.tiny_imagenet), 390 full batches of 256.
+    "tiny_imagenet": (1, 256, 100_000, 390, 35_100),
 }
 # Peak LR (base_lr x global batch / 256) and warmup steps of each recipe.
 EXPECTED_LR = {
@@ -42,13 +44,14 @@ EXPECTED_LR = {
     "g4dn_xlarge": (0.256, 291),
     "troubleshoot_subset": (0.1, 975),
     "g4dn_12xlarge": (1.024, 10_008),
+    "tiny_imagenet": (0.256, 1_170),
 }
 
 
 def recipe(name: str, tmp_path: Path, digits_cache: Path, *overrides: str) -> DictConfig:
     """The recipe, with a folder data path pointing nowhere: the plan never depends on this machine's data."""
     config = load_run_recipe(name, [f"data.cache_dir={digits_cache}", *overrides])
-    if config.data.source in ("imagefolder", "ilsvrc"):
+    if config.data.source in ("imagefolder", "ilsvrc", "tiny_imagenet"):
         config.data.path = str(tmp_path / "absent")
     return config
 

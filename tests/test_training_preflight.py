@@ -136,6 +136,18 @@ NO_SAM = "algorithms.sam=null"
         ("moco_v3_smoke", ["algorithms.mixup={}"], DIGITS_ON_CPU, "algorithm_not_for_pretraining error"),
         ("moco_v3_smoke", ["algorithms.blurpool={}"], DIGITS_ON_CPU, "algorithm_not_for_pretraining error"),
         ("moco_v3_smoke", ["algorithms.channels_last={}"], DIGITS_ON_CPU, None),
+        (
+            "moco_v3_smoke",
+            ["data.auto_augment=ta_wide"],
+            DIGITS_ON_CPU,
+            "augmentation_not_for_pretraining error",
+        ),
+        (
+            "moco_v3_smoke",
+            ["data.random_erasing=0.1"],
+            DIGITS_ON_CPU,
+            "augmentation_not_for_pretraining error",
+        ),
         # Composer refuses the profiler with auto microbatching; on the CPU the runtime drops auto, so it runs.
         ("g4dn_xlarge", ["profiler.enabled=true"], ONE_GPU, "profiler_with_auto_microbatch error"),
         ("g4dn_xlarge", ["profiler.enabled=true", "device_train_microbatch_size=64"], ONE_GPU, None),

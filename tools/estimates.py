@@ -26,6 +26,7 @@ from tools.measurements import (
     cpu_training_images_per_second,
     images_per_second,
     sample_datasets,
+    sample_image_size,
 )
 from training.hardware import (
     END_TO_END_RANGE,
@@ -411,7 +412,10 @@ def measure_loader(config: DictConfig, datasets: Any, smallest: int, seconds: fl
     if datasets is not None:
         return run(*datasets, f"measured on the recipe's data ({config.data.source})")
     with sample_datasets(config) as generated:
-        return run(*generated, "measured on generated 500x375 JPEGs (the real data is not reachable here)")
+        width, height = sample_image_size(config)
+        return run(
+            *generated, f"measured on generated {width}x{height} JPEGs (the real data is not reachable here)"
+        )
 
 
 def loader_cores(config: DictConfig, hardware: Hardware) -> tuple[int, str]:

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from algorithms.registry import enabled_algorithms
 from data.transforms import eval_resize_size
+from model import PREACT_NAMES
 from recipes.errors import UsageError
 from recipes.loading import SAVED_RECIPE, recipe_to_yaml
 from training.weights import (
@@ -184,28 +185,34 @@ def _architecture(config: DictConfig, num_classes: int) -> dict[str, Any]:
     algorithms = enabled_algorithms(config.algorithms)
     changing = {name: algorithms.get(name) for name in ARCHITECTURE_CHANGING_ALGORITHMS}
     name = config.model.name
-    compatible = changing["blurpool"] is None
-    if compatible:
-        rebuild = (
-            f"torchvision.models.{name}(num_classes={num_classes}).load_state_dict(weights, strict=True)"
-        )
+    # timm's pre-activation ResNets export timm's own state dict (training.weights refuses torchvision's).
+    if name in PREACT_NAMES:
+        plain = f"timm.create_model('{name}', pretrained=False, num_classes={num_classes})"
+    else:
+        plain = f"torchvision.models.{name}(num_classes={num_classes})"
+    # SqueezeExcite and Factorize add layers torchvision's ResNet lacks: exported like BlurPool, as they train.
+    added_layers = any(changing[key] is not None for key in ("blurpool", "squeeze_excite", "factorize"))
+    compatible = not added_layers and name not in PREACT_NAMES
+    if not added_layers:
+        rebuild = f"{plain}.load_state_dict(weights, strict=True)"
     else:
         rebuild = (
             f"training.weights.build_model_for_checkpoint(recipes.loading.load_recipe('{RECIPE}'), {num_classes}, "
             "weights) "
             "in this project"
         )
-        if config.model.head == "fc" and changing["stochastic_depth"] is None:
+        only_blurpool = all(value is None for key, value in changing.items() if key != "blurpool")
+        if config.model.head == "fc" and only_blurpool:
             rebuild += (
-                f"; or composer.functional.apply_blurpool(torchvision.models.{name}(num_classes={num_classes}), "
-                "**blurpool) then load_state_dict(weights, strict=True)"
+                f"; or composer.functional.apply_blurpool({plain}, **blurpool) then "
+                "load_state_dict(weights, strict=True)"
             )
     return {
         "name": name,
         "num_classes": num_classes,
         "head": config.model.head,
         **changing,
-        # StochasticDepth and the conv1x1 head are folded into torchvision's layout; BlurPool cannot be.
+        # StochasticDepth and the conv1x1 head are folded into torchvision's layout; BlurPool and timm's cannot be.
         "torchvision_compatible": compatible,
         "rebuild": rebuild,
     }

@@ -231,15 +231,18 @@ def _endless(dataset: Dataset) -> Iterator[Any]:
                 yield dataset[index]
 
 
-def write_sample_jpegs(folder: Path, count: int = SAMPLE_IMAGE_COUNT, seed: int = 0) -> None:
-    """ImageNet-like JPEGs (500x375, quality 90) in ``folder/train/<class>/``, cut from scikit-learn's two
-    bundled photographs with colour shifts and sensor-like noise, so they decode like photos rather than flat
-    colour. ``folder/val/<class>`` links to the same files: only the transform's cost matters here."""
+def write_sample_jpegs(
+    folder: Path, count: int = SAMPLE_IMAGE_COUNT, seed: int = 0, size: tuple[int, int] = SAMPLE_IMAGE_SIZE
+) -> None:
+    """Photo-like JPEGs of ``size`` (500x375, ImageNet-like, by default; quality 90) in ``folder/train/<class>/``,
+    cut from scikit-learn's two bundled photographs with colour shifts and sensor-like noise, so they decode like
+    photos rather than flat colour. ``folder/val/<class>`` links to the same files: only the transform's cost
+    matters here."""
     from sklearn.datasets import load_sample_images
 
     rng = np.random.default_rng(seed)
     photos = [Image.fromarray(array) for array in load_sample_images().images]
-    width, height = SAMPLE_IMAGE_SIZE
+    width, height = size
     for index in range(count):
         photo = photos[index % len(photos)]
         crop_width = int(rng.integers(240, photo.width))
@@ -257,15 +260,25 @@ def write_sample_jpegs(folder: Path, count: int = SAMPLE_IMAGE_COUNT, seed: int 
         (folder / "val" / class_folder.name).symlink_to(class_folder.resolve(), target_is_directory=True)
 
 
+def sample_image_size(config: DictConfig) -> tuple[int, int]:
+    """(width, height) of the generated JPEGs that stand in for the recipe's data: its source's image size,
+    64x64 for Tiny ImageNet, else ImageNet's typical 500x375."""
+    from data import tiny_imagenet
+
+    if config.data.source == "tiny_imagenet":
+        return tiny_imagenet.IMAGE_SIDE, tiny_imagenet.IMAGE_SIDE
+    return SAMPLE_IMAGE_SIZE
+
+
 @contextmanager
 def sample_datasets(config: DictConfig) -> Iterator[tuple[Dataset, Dataset]]:
-    """The recipe's training and eval transforms over generated ImageNet-sized JPEGs: (train, eval)."""
+    """The recipe's training and eval transforms over generated JPEGs of ``sample_image_size``: (train, eval)."""
     from data import build_data
     from data.bad_images import BAD_IMAGE_LIST
 
     with tempfile.TemporaryDirectory(prefix="plan-images-") as scratch:
         folder = Path(scratch)
-        write_sample_jpegs(folder / "images")
+        write_sample_jpegs(folder / "images", size=sample_image_size(config))
         sample = OmegaConf.merge(
             config,
             {

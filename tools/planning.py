@@ -25,6 +25,7 @@ from torch.utils.data import DistributedSampler
 
 from algorithms.registry import enabled_algorithms
 from callbacks.findings import Finding
+from model import PREACT_NAMES
 from recipes.errors import UsageError
 from recipes.schema import Task
 from tools.estimates import (
@@ -251,6 +252,8 @@ def plan_run(config: DictConfig, recipe_path: str | Path, *, measure_seconds: fl
         assumptions=assumptions,
     )  # fmt: skip
     assumptions += _standing_assumptions(config, hardware, network, time)
+    if hardware.device == "gpu" and config.model.name in PREACT_NAMES:
+        assumptions.append(_preact_throughput_note(config, network, data_size.num_classes))
     return RunPlan(
         recipe=str(recipe_path),
         description=config.description,
@@ -316,9 +319,21 @@ def _data(config: DictConfig) -> tuple[DataSize, Any]:
     return published_size(config), None
 
 
+def tiny_imagenet_published() -> PublishedDataset:
+    """Tiny ImageNet's published size, from the numbers ``data.tiny_imagenet`` states."""
+    from data import tiny_imagenet
+
+    return PublishedDataset(
+        "Tiny ImageNet", tiny_imagenet.NUM_CLASSES * tiny_imagenet.TRAIN_IMAGES_PER_CLASS,
+        tiny_imagenet.VAL_IMAGES_PER_CLASS, tiny_imagenet.NUM_CLASSES, tiny_imagenet.TRAIN_IMAGES_PER_CLASS,
+        "Le & Yang 2015, Tiny ImageNet Visual Recognition Challenge (CS231N): 200 classes, 500 training and "
+        "50 validation images each, 64x64",
+    )  # fmt: skip
+
+
 def published_size(config: DictConfig) -> DataSize:
-    """ImageNet-1k's published size after data.subset_size, max_classes, max_samples_per_class and
-    val_subset_size."""
+    """ImageNet-1k's (or, for data.source=tiny_imagenet, Tiny ImageNet's) published size after
+    data.subset_size, max_classes, max_samples_per_class and val_subset_size."""
     from data.subsets import parse_subset_size, parse_val_subset_size
 
     data = config.data
@@ -332,7 +347,7 @@ def published_size(config: DictConfig) -> DataSize:
             f"data.path={data.path} is not reachable here and has no published size in the planner; plan "
             "with a local copy (data.path=DIR) or an ImageNet recipe."
         )
-    published = IMAGENET_1K
+    published = tiny_imagenet_published() if data.source == "tiny_imagenet" else IMAGENET_1K
     classes = min(data.max_classes or published.num_classes, published.num_classes)
     cap, total = data.max_samples_per_class, parse_subset_size(data.subset_size)
     guaranteed = classes * min(cap or published.min_train_per_class, published.min_train_per_class)
@@ -401,6 +416,24 @@ def lr_at(scheduler: Any, peak_lr: float, step: int, config: DictConfig, batches
             ),
         )
         return peak_lr * float(scheduler(state))
+
+
+def _preact_throughput_note(config: DictConfig, network: NetworkMeasurement, num_classes: int) -> str:
+    """How a timm pre-activation ResNet's training step compares with resnet50's, whose published GPU
+    throughput it is planned at (its memory and parameters are measured on its own network)."""
+    blurpool = "blurpool" in enabled_algorithms(config.algorithms)
+    reference = measure_network("resnet50", "fc", blurpool, num_classes)
+
+    def gigaflops(measured: NetworkMeasurement) -> float:
+        return (measured.convolution_flops * (224 / measured.resolution) ** 2 + measured.matmul_flops) / 1e9
+
+    ours, theirs = gigaflops(network), gigaflops(reference)
+    return (
+        f"model.name={config.model.name} is planned at the GPU figure published for ResNet-50, unscaled: its "
+        f"training step measures {ours:.2f} GFLOPs per image at 224 px against resnet50's {theirs:.2f} "
+        f"({ours / theirs - 1:+.1%}; torch's FlopCounterMode on this CPU); its parameters and activations are "
+        "its own, measured"
+    )
 
 
 # What the measured activations are, per task (tools.measurements.measure_network measures the peak).

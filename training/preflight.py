@@ -24,6 +24,7 @@ from algorithms.data_progressive_resizing import pinned_size
 from algorithms.registry import batch_counted_settings, enabled_algorithms, validate_recipe_algorithms
 from callbacks.findings import Finding
 from data.loaders import split_batch_over_processes
+from model import PREACT_NAMES
 from recipes.durations import run_steps, steps_in
 from recipes.errors import UsageError
 from recipes.loading import load_recipe
@@ -40,9 +41,30 @@ LARGE_BATCH = 1024
 # themselves into a supervised transform (randaugment), or rewrite or average the model in ways the momentum
 # encoder's copy does not follow (blurpool, stochastic depth, EMA, SWA, SAM) and are not yet tested with it.
 PRETRAINING_ALGORITHMS = ("channels_last", "data_progressive_resizing")
+# Supervised augmentation keys a MoCo v3 run would ignore: its two views have their own (data.two_views), and
+# train_transform builds them without these. Each with its off value.
+SUPERVISED_AUGMENTATIONS = {"color_jitter": None, "auto_augment": None, "random_erasing": 0.0}
 # Algorithms a linear probe refuses: BlurPool and StochasticDepth change the backbone's function (the probe
 # would measure other features than the pretrained ones); SAM adds a second pass per step to a convex problem.
-PROBE_REFUSED_ALGORITHMS = ("blurpool", "stochastic_depth", "sam")
+# SqueezeExcite, Factorize and WeightStandardization rewrite the pretrained convolutions too.
+PROBE_REFUSED_ALGORITHMS = (
+    "blurpool",
+    "stochastic_depth",
+    "sam",
+    "squeeze_excite",
+    "factorize",
+    "weight_standardization",
+)
+# Under FSDP1: SelectiveBackprop's selection pass is a whole-batch forward through the wrapped model at
+# AFTER_DATALOADER, before Composer splits the batch into microbatches; LayerFreezing flips requires_grad and
+# removes parameters from the optimizer at epoch ends, after FSDP has flattened them into FlatParameters.
+FSDP_REFUSED_ALGORITHMS = {
+    "selective_backprop": "its selection pass runs the FSDP-wrapped model on the whole per-device batch before "
+    "Composer splits it into microbatches (all-gathering every layer outside the training step, at a size "
+    "device_train_microbatch_size does not bound)",
+    "layer_freezing": "it flips requires_grad and removes parameters from the optimizer at epoch ends, after FSDP "
+    "has flattened each wrapped block's parameters into one FlatParameter whose gradients it keeps computing",
+}
 REFERENCE_LR_PER_256 = 0.1
 LARGE_LR_FRACTION = 0.8
 # ResNet downsamples by 32 overall: below 32 px its last stages see a single pixel.
@@ -80,7 +102,9 @@ def check_recipe(config: DictConfig, facts: RecipeFacts) -> list[Finding]:
         *_precision(config, facts),
         *_world_size_against_hardware(config, facts),
         *_algorithms_for_task(config),
+        *_augmentations_for_task(config),
         *_linear_probe(config),
+        *_preact_architecture(config),
         *_profiler(config, facts),
         *_fsdp(config, facts),
     ]
@@ -99,6 +123,26 @@ def _algorithms_for_task(config: DictConfig) -> list[Finding]:
             f"task=moco_v3 takes only {', '.join(PRETRAINING_ALGORITHMS)} of the algorithms; "
             f"{', '.join(refused)} assume supervised, one-view batches or a model without a momentum encoder. "
             f"Switch them off: {_switched_off(refused)}.",
+        )
+    ]
+
+
+def _augmentations_for_task(config: DictConfig) -> list[Finding]:
+    """The supervised augmentation keys mean nothing to a MoCo v3 run: say so rather than ignore them."""
+    if config.task != "moco_v3":
+        return []
+    set_keys = [key for key, off in SUPERVISED_AUGMENTATIONS.items() if config.data[key] != off]
+    if not set_keys:
+        return []
+    settings = ", ".join(f"data.{key}={config.data[key]}" for key in set_keys)
+    off_values = {key: "null" if off is None else off for key, off in SUPERVISED_AUGMENTATIONS.items()}
+    switched_off = " ".join(f"data.{key}={off_values[key]}" for key in set_keys)
+    return [
+        _finding(
+            "augmentation_not_for_pretraining",
+            "error",
+            f"{settings}: task=moco_v3 ignores these supervised augmentations, its two views are augmented by "
+            f"data.two_views. Remove them ({switched_off}), or tune data.two_views instead.",
         )
     ]
 
@@ -143,8 +187,41 @@ def _linear_probe(config: DictConfig) -> list[Finding]:
                 "error",
                 f"task=linear_probe measures the pretrained backbone as it is; {', '.join(refused)} would change "
                 "it or the probe (BlurPool adds blur layers and StochasticDepth rescales residual branches, so "
-                "the features are no longer the pretrained ones; SAM doubles every step for flat minima a "
+                "the features are no longer the pretrained ones; SqueezeExcite, Factorize and "
+                "WeightStandardization rewrite its convolutions; SAM doubles every step for flat minima a "
                 f"linear classifier on fixed features does not have). Switch them off: {_switched_off(refused)}.",
+            )
+        )
+    return findings
+
+
+def _preact_architecture(config: DictConfig) -> list[Finding]:
+    """What timm's pre-activation ResNets (``model.PREACT_NAMES``) cannot do here: Composer's StochasticDepth,
+    which replaces torchvision's Bottleneck only, and the self-supervised tasks, built on torchvision's ResNet."""
+    name = config.model.name
+    if name not in PREACT_NAMES:
+        return []
+    findings = []
+    if "stochastic_depth" in enabled_algorithms(config.algorithms):
+        findings.append(
+            _finding(
+                "stochastic_depth_not_for_preact",
+                "error",
+                f"algorithms.stochastic_depth with model.name={name}: Composer's StochasticDepth replaces "
+                "torchvision's Bottleneck blocks only (target_layer_name ResNetBottleneck), and timm's "
+                "pre-activation blocks are not those, so it would change nothing. Set "
+                "algorithms.stochastic_depth=null and use timm's own stochastic depth, model.drop_path_rate "
+                "(e.g. 0.05), or a torchvision ResNet (model.name=resnet50).",
+            )
+        )
+    if config.task != "supervised":
+        findings.append(
+            _finding(
+                "preact_not_for_task",
+                "error",
+                f"model.name={name} (timm's pre-activation ResNet) trains under task=supervised only; task="
+                f"{config.task} is built on torchvision's ResNet (its layers, keys and k-NN features). Use "
+                "model.name=resnet50 for it.",
             )
         )
     return findings
@@ -528,6 +605,15 @@ def _fsdp(config: DictConfig, facts: RecipeFacts) -> list[Finding]:
                 "parallelism.state_dict_type=sharded writes one shard per process, but evaluate.py, --export and "
                 "the torchvision conversion read one file; ResNet-50's whole state is ~100 MB in fp32, so set "
                 "parallelism.state_dict_type=full.",
+            )
+        )
+    for name in (name for name in FSDP_REFUSED_ALGORITHMS if name in algorithms):
+        findings.append(
+            _finding(
+                "fsdp_algorithm_refused",
+                "error",
+                f"algorithms.{name} under parallelism.strategy=fsdp: {FSDP_REFUSED_ALGORITHMS[name]}; this "
+                f"project does not run it so. Use parallelism.strategy=ddp, or algorithms.{name}=null.",
             )
         )
     copies = ["task=moco_v3 (its momentum encoder)"] if config.task == "moco_v3" else []

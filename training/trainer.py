@@ -120,6 +120,7 @@ def build_loggers(
                 project=logging_cfg.wandb_project,
                 entity=logging_cfg.wandb_entity,
                 name=run_name,
+                group=logging_cfg.wandb_group,
                 init_kwargs={"mode": str(logging_cfg.wandb_mode), "dir": str(folder), "config": recipe},
             )
         )

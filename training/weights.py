@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import torch
-from composer.functional import apply_blurpool, apply_stochastic_depth
+from composer.algorithms.weight_standardization.weight_standardization import WeightStandardizer
+from composer.functional import (
+    apply_blurpool,
+    apply_factorization,
+    apply_squeeze_excite,
+    apply_stochastic_depth,
+    apply_weight_standardization,
+)
 from composer.utils import parse_uri
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -32,6 +39,7 @@ from torchvision.models.resnet import Bottleneck
 from algorithms.registry import enabled_algorithms
 from model import (
     MOCO_BACKBONE_PREFIX,
+    PREACT_NAMES,
     PROBE_CLASSIFIER_KEYS,
     LinearProbe,
     ResNetClassifier,
@@ -47,7 +55,31 @@ from training.checkpointing import S3Destination, upload_client_config
 # Recipe algorithms after which the trained network is no longer plain torchvision ResNet: BlurPool adds blur
 # layers (new state-dict keys); StochasticDepth keeps the keys but scales each residual branch by
 # (1 - drop_rate) at eval time. Both must be re-applied before loading (`build_model_for_checkpoint`).
-ARCHITECTURE_CHANGING_ALGORITHMS: tuple[str, ...] = ("blurpool", "stochastic_depth")
+ARCHITECTURE_CHANGING_ALGORITHMS: tuple[str, ...] = (
+    "blurpool",
+    "stochastic_depth",
+    "squeeze_excite",
+    "factorize",
+    "weight_standardization",
+    "ghost_batchnorm",
+)
+# The surgery re-applied, in the recipe's order as Composer applied it (Factorize and BlurPool wrap each other's
+# convolutions, so the order names the keys). SqueezeExcite adds blocks and Factorize replaces convolutions by two
+# (new keys; torchvision has neither), WeightStandardization parametrizes convolution weights
+# (``conv1.parametrizations.weight.original``). GhostBatchNorm is not re-applied: at eval time its layers are plain
+# BatchNorm with the running statistics, so its keys (``bn1.batchnorm.weight``) are renamed instead.
+REAPPLIED_SURGERY = {
+    "blurpool": apply_blurpool,
+    "stochastic_depth": apply_stochastic_depth,
+    "squeeze_excite": apply_squeeze_excite,
+    "factorize": apply_factorization,
+    "weight_standardization": apply_weight_standardization,
+}
+# Algorithms whose layers torchvision's ResNet has no place for.
+NOT_TORCHVISION = {
+    "squeeze_excite": "adds Squeeze-and-Excitation blocks after convolutions",
+    "factorize": "replaces convolutions by pairs of low-rank ones",
+}
 
 # Wrappers that prefix every key: ComposerClassifier and DDP (`module.`), torch.compile (`_orig_mod.`).
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
@@ -215,7 +247,9 @@ def _architecture_algorithms(recipe_cfg: RecipeConfig | DictConfig) -> dict[str,
     """The recipe's enabled architecture-changing algorithms with the arguments their functional forms take."""
     algorithms = enabled_algorithms(recipe_cfg.algorithms)
     selected = {
-        name: dict(algorithms[name]) for name in ARCHITECTURE_CHANGING_ALGORITHMS if name in algorithms
+        name: dict(arguments)
+        for name, arguments in algorithms.items()
+        if name in ARCHITECTURE_CHANGING_ALGORITHMS
     }
     # drop_warmup only ramps the rate during training; eval uses the full drop_rate, as Composer does on load.
     selected.get("stochastic_depth", {}).pop("drop_warmup", None)
@@ -224,11 +258,32 @@ def _architecture_algorithms(recipe_cfg: RecipeConfig | DictConfig) -> dict[str,
 
 def _apply_architecture_algorithms(network: nn.Module, recipe_cfg: RecipeConfig | DictConfig) -> None:
     """Re-apply the recipe's architecture-changing algorithms to ``network`` as Composer did at Event.INIT."""
-    algorithms = _architecture_algorithms(recipe_cfg)
-    if "blurpool" in algorithms:
-        apply_blurpool(network, **algorithms["blurpool"])
-    if "stochastic_depth" in algorithms:
-        apply_stochastic_depth(network, **algorithms["stochastic_depth"])
+    for name, arguments in _architecture_algorithms(recipe_cfg).items():
+        if name in REAPPLIED_SURGERY:
+            REAPPLIED_SURGERY[name](network, **arguments)
+
+
+def plain_batchnorm_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A GhostBatchNorm network's weights under plain BatchNorm's keys (``bn1.batchnorm.weight`` -> ``bn1.weight``).
+
+    Exact for evaluation: in eval mode each ghost layer normalises with its BatchNorm's running statistics.
+    """
+    return {
+        ".".join(part for part in key.split(".") if part != "batchnorm"): value
+        for key, value in state_dict.items()
+    }
+
+
+def standardized_weights(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """WeightStandardization folded in: each ``X.parametrizations.weight.original`` becomes ``X.weight``, standardized
+    by Composer's own ``WeightStandardizer``, which is what the parametrized convolution computes with."""
+    suffix = ".parametrizations.weight.original"
+    return {
+        (key.removesuffix(suffix) + ".weight" if key.endswith(suffix) else key): (
+            WeightStandardizer()(value) if key.endswith(suffix) else value
+        )
+        for key, value in state_dict.items()
+    }
 
 
 def build_model_for_checkpoint(
@@ -252,6 +307,8 @@ def build_model_for_checkpoint(
         )
     model = build_model(recipe_cfg.model, num_classes)
     _apply_architecture_algorithms(model.module, recipe_cfg)
+    if "ghost_batchnorm" in enabled_algorithms(recipe_cfg.algorithms):
+        state_dict = plain_batchnorm_keys(state_dict)
     _check_keys_match(model.module.state_dict(), state_dict, source)
     model.module.load_state_dict(state_dict, strict=True)
     return model
@@ -295,8 +352,19 @@ def to_torchvision_state_dict(
 
     Exact conversions: the conv1x1 head's weight is reshaped to torchvision's Linear (the two compute the same
     function), and StochasticDepth's eval-time (1 - drop_rate) residual scaling is folded into each block's
-    last BatchNorm. BlurPool adds layers torchvision does not have, so it raises instead.
+    last BatchNorm. BlurPool adds layers torchvision does not have, so it raises instead, as it does for SqueezeExcite and Factorize; GhostBatchNorm's keys are renamed to
+    BatchNorm's and WeightStandardization is folded into the weights (both exact at eval time); so do timm's
+    pre-activation ResNets, whose layers are others.
     """
+    name = recipe_cfg.model.name
+    if name in PREACT_NAMES:
+        raise UsageError(
+            f"model.name={name} is timm's pre-activation ResNet (BatchNorm and ReLU before each convolution, a "
+            "last BatchNorm before pooling): its layers and keys are not torchvision's post-activation ResNet's, "
+            f"so its weights do not load into torchvision.models. Load them into timm.create_model('{name}', "
+            "pretrained=False, num_classes=K) with strict=True (what evaluate.py --export writes), or rebuild "
+            "the model with training.weights.load_model_from_checkpoint(path, recipe, num_classes)."
+        )
     state_dict = strip_wrapper_prefixes(state_dict)
     algorithms = _architecture_algorithms(recipe_cfg)
     if "blurpool" in algorithms or _has_blurpool_keys(state_dict):
@@ -306,6 +374,19 @@ def to_torchvision_state_dict(
             "without changing its outputs. Load it with training.weights.load_model_from_checkpoint(path, recipe, "
             "num_classes), which rebuilds the BlurPool architecture."
         )
+    blocked = [name for name in NOT_TORCHVISION if name in algorithms]
+    if blocked:
+        reasons = "; ".join(f"algorithms.{name} {NOT_TORCHVISION[name]}" for name in blocked)
+        raise UsageError(
+            f"This checkpoint was trained with {', '.join(blocked)}: {reasons}. torchvision's ResNet has no place "
+            "for those layers, so the weights cannot load into it. Load them with "
+            "training.weights.load_model_from_checkpoint(path, recipe, num_classes), which rebuilds the trained "
+            "architecture, or use the ONNX model evaluate.py --export writes."
+        )
+    if "ghost_batchnorm" in algorithms:
+        state_dict = plain_batchnorm_keys(state_dict)
+    if "weight_standardization" in algorithms:
+        state_dict = standardized_weights(state_dict)
     if "fc.weight" not in state_dict:
         raise UsageError("The weights have no 'fc.weight'; they are not a ResNet classifier's weights.")
     num_classes = state_dict["fc.weight"].shape[0]
