@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import timm
 import torch
 import torchvision
 from composer.loss import binary_cross_entropy_with_logits, soft_cross_entropy
@@ -26,7 +26,6 @@ from composer.metrics import CrossEntropy
 from composer.models import ComposerClassifier, ComposerModel
 from composer.utils import dist
 from omegaconf import DictConfig
-from timm.models.resnetv2 import PreActBasic, PreActBottleneck, ResNetV2
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -160,7 +159,18 @@ def torchvision_resnet(name: str, num_classes: int) -> ResNet:
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
-def timm_preact_resnet(name: str, num_classes: int, drop_path_rate: float = 0.0) -> ResNetV2:
+def preact_types() -> tuple[type[nn.Module], ...]:
+    """timm's ``ResNetV2``, ``PreActBasic`` and ``PreActBottleneck``, or nothing while timm is not imported.
+
+    timm is imported only when a pre-activation network is built (``timm_preact_resnet``): importing it costs
+    every process seconds (it registers hundreds of architectures), and without it no network can hold a timm
+    module, so the type checks below are answered without it.
+    """
+    resnetv2 = sys.modules.get("timm.models.resnetv2")
+    return (resnetv2.ResNetV2, resnetv2.PreActBasic, resnetv2.PreActBottleneck) if resnetv2 else ()
+
+
+def timm_preact_resnet(name: str, num_classes: int, drop_path_rate: float = 0.0) -> nn.Module:
     """timm's untrained pre-activation ResNet ``name`` (one of ``PREACT_NAMES``), with timm's own initialisation.
 
     Pre-activation as He et al. 2016 define it (timm 1.0, timm/models/resnetv2.py): ``PreActBottleneck.forward``
@@ -174,6 +184,8 @@ def timm_preact_resnet(name: str, num_classes: int, drop_path_rate: float = 0.0)
     eval it does nothing, so the weights load and export the same. Never ``pretrained=True``: that downloads
     from the Hugging Face Hub.
     """
+    import timm  # lazily: preact_types
+
     return timm.create_model(name, pretrained=False, num_classes=num_classes, drop_path_rate=drop_path_rate)
 
 
@@ -204,7 +216,7 @@ def build_network(name: str, num_classes: int, drop_path_rate: float = 0.0) -> n
 
 def classifier_layer(network: nn.Module) -> nn.Linear | nn.Conv2d:
     """The layer that produces the logits: torchvision's ``fc`` (or the conv1x1 head's), timm's ``head.fc``."""
-    return network.head.fc if isinstance(network, ResNetV2) else network.fc
+    return network.head.fc if isinstance(network, preact_types()[:1]) else network.fc
 
 
 def mosaic_init(network: nn.Module) -> None:
@@ -242,8 +254,9 @@ def zero_init_residual(network: nn.Module) -> None:
     A pre-activation block's residual branch ends in a convolution with no BatchNorm after it, so timm's
     ``zero_init_last`` zeroes that convolution's weight instead (``conv3``, or ``conv2`` in ``PreActBasic``).
     """
+    preact_blocks = preact_types()[1:]
     for module in network.modules():
-        if isinstance(module, PreActBottleneck | PreActBasic):
+        if isinstance(module, preact_blocks):
             module.zero_init_last()
         elif isinstance(module, Bottleneck) and module.bn3.weight is not None:
             nn.init.zeros_(module.bn3.weight)
@@ -255,7 +268,7 @@ def is_residual_block(module: nn.Module) -> bool:
     """A ResNet's unit for FSDP and for activation checkpointing: one residual block. Smaller units (single
     convolutions) would all-gather and recompute more often for no memory a ResNet needs back; BatchNorm layers
     get units of their own from PyTorch regardless, to stay fp32 under mixed precision."""
-    return isinstance(module, (BasicBlock, Bottleneck, PreActBasic, PreActBottleneck))
+    return isinstance(module, (BasicBlock, Bottleneck, *preact_types()[1:]))
 
 
 def build_model(

@@ -127,7 +127,7 @@ STUDY = """
 description: CI version of the ablation tool's whole path
 recipe: smoke
 overrides:
-  max_duration: 3ep
+  max_duration: 2ep
   model.name: resnet18
   data.subset_size: 64
   data.val_subset_size: 60

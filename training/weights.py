@@ -352,9 +352,9 @@ def to_torchvision_state_dict(
 
     Exact conversions: the conv1x1 head's weight is reshaped to torchvision's Linear (the two compute the same
     function), and StochasticDepth's eval-time (1 - drop_rate) residual scaling is folded into each block's
-    last BatchNorm. BlurPool adds layers torchvision does not have, so it raises instead, as it does for SqueezeExcite and Factorize; GhostBatchNorm's keys are renamed to
-    BatchNorm's and WeightStandardization is folded into the weights (both exact at eval time); so do timm's
-    pre-activation ResNets, whose layers are others.
+    last BatchNorm; GhostBatchNorm's keys are renamed to BatchNorm's and WeightStandardization is folded into the
+    weights (both exact at eval time). BlurPool, SqueezeExcite and Factorize add layers torchvision does not have,
+    and timm's pre-activation ResNets have other layers altogether, so those raise instead.
     """
     name = recipe_cfg.model.name
     if name in PREACT_NAMES:
