@@ -14,6 +14,7 @@ Mosaic's) follow Mosaic's ResNet benchmark: mosaicml/examples@daddaeff,
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import sys
 from collections.abc import Callable
@@ -46,10 +47,17 @@ PREACT_NAMES: tuple[str, ...] = ("resnetv2_18", "resnetv2_34", "resnetv2_50", "r
 
 # model.loss -> Composer's loss function. Composer's BCE turns class indices into one-hot targets, sums the C
 # one-vs-all terms and divides by the batch size (composer/loss/loss.py:58-67), so its scale is per image.
+# binary_cross_entropy_mean is the same function averaged over the classes too, timm's BinaryCrossEntropy
+# (F.binary_cross_entropy_with_logits, reduction 'mean'), the loss ResNet strikes back trained with: 1/C the
+# size, which matters to an optimizer that clips the gradient norm (timm's LAMB clips at 1.0).
 LOSSES: dict[str, Callable[..., Tensor]] = {
     Loss.cross_entropy: soft_cross_entropy,
     Loss.binary_cross_entropy: binary_cross_entropy_with_logits,
+    Loss.binary_cross_entropy_mean: functools.partial(
+        binary_cross_entropy_with_logits, reduction="mean", scale_by_batch_size=False
+    ),
 }
+BCE_LOSSES = (Loss.binary_cross_entropy, Loss.binary_cross_entropy_mean)
 
 
 def chance_loss(loss: str, num_classes: int) -> float:
@@ -59,12 +67,14 @@ def chance_loss(loss: str, num_classes: int) -> float:
     and -ln(1 - 1/C) for each of the C - 1 others, about ln C + 1 for many classes (7.907 for 1000, where
     ln C is 6.908). Both are linear in the targets, so the value is the same for the soft targets of MixUp or
     label smoothing (any targets summing to 1); and on balanced classes 1/C is the best guess that ignores the
-    image under either loss, so it is where a model that learns nothing stays.
+    image under either loss, so it is where a model that learns nothing stays. binary_cross_entropy_mean
+    averages those C terms instead of summing them: the same value divided by C.
     """
     if loss == Loss.cross_entropy:
         return math.log(num_classes)
-    if loss == Loss.binary_cross_entropy:
-        return math.log(num_classes) - (num_classes - 1) * math.log1p(-1 / num_classes)
+    if loss in BCE_LOSSES:
+        summed = math.log(num_classes) - (num_classes - 1) * math.log1p(-1 / num_classes)
+        return summed / num_classes if loss == Loss.binary_cross_entropy_mean else summed
     raise UsageError(f"Unknown model.loss={loss!r}; choose one of: {', '.join(Loss)}.")
 
 
@@ -308,7 +318,7 @@ def build_model(
         network = ConvHeadResNet(network, num_classes)
     if model_cfg.init == Init.mosaic:
         mosaic_init(network)
-    if model_cfg.loss == Loss.binary_cross_entropy:
+    if model_cfg.loss in BCE_LOSSES:
         start_at_chance_under_bce(classifier_layer(network), num_classes)
     if model_cfg.zero_init_residual:
         zero_init_residual(network)

@@ -46,6 +46,7 @@ class Head(Choice):
 class Loss(Choice):
     cross_entropy = "cross_entropy"
     binary_cross_entropy = "binary_cross_entropy"
+    binary_cross_entropy_mean = "binary_cross_entropy_mean"
 
 
 class Init(Choice):
@@ -174,8 +175,10 @@ class ModelConfig:
     # Classifier head: "fc" (torchvision's Linear; timm's own head.fc for resnetv2) or "conv1x1" (a 1x1
     # convolution before pooling; torchvision names only).
     head: Head = Head.fc
-    # cross_entropy (soft targets) or binary_cross_entropy (one-vs-all on the same soft targets, as Mosaic's
-    # Mild/Medium/Hot recipes; the classifier bias starts at -log(num_classes)).
+    # cross_entropy (soft targets) or binary_cross_entropy (one-vs-all on the same soft targets, summed over the
+    # classes, as Mosaic's Mild/Medium/Hot recipes) or binary_cross_entropy_mean (the same terms averaged over
+    # the classes too, timm's BinaryCrossEntropy, as ResNet strikes back); under either BCE the classifier bias
+    # starts at -log(num_classes).
     loss: Loss = Loss.cross_entropy
     # Weight initialisation: torchvision's own (timm's own for resnetv2), or Mosaic's ResNet benchmark's
     # (Kaiming-normal convolutions and classifier, BatchNorm weights uniform in [0, 1), biases zero);

@@ -194,6 +194,33 @@ def test_binary_cross_entropy_loss_equals_the_hand_computation() -> None:
     )
 
 
+def test_mean_binary_cross_entropy_is_timms_loss_and_starts_at_its_chance() -> None:
+    """binary_cross_entropy_mean is timm's BinaryCrossEntropy (ResNet strikes back's loss) on the same soft
+    targets, 1/C of the summed BCE; its doctor's chance loss is what the untrained classifier scores."""
+    from timm.loss import BinaryCrossEntropy
+
+    classifier = model.build_model(ModelConfig(loss="binary_cross_entropy_mean"), NUM_CLASSES)
+    outputs = torch.randn(6, NUM_CLASSES, generator=torch.Generator().manual_seed(0))
+    one_hot = torch.nn.functional.one_hot(torch.arange(6) % NUM_CLASSES, NUM_CLASSES).float()
+    mixed = 0.7 * one_hot + 0.3 * one_hot.roll(1, dims=0)
+    timm_bce = BinaryCrossEntropy(smoothing=0.0)
+    assert classifier.loss(outputs, (None, mixed)).item() == pytest.approx(
+        timm_bce(outputs, mixed).item(), rel=1e-6
+    )
+    assert classifier.loss(outputs, (None, mixed)).item() == pytest.approx(
+        hand_bce(outputs, mixed) / NUM_CLASSES, rel=1e-6
+    )
+    classes = 1000
+    classifier = model.build_model(ModelConfig(loss="binary_cross_entropy_mean"), classes)
+    with torch.no_grad():
+        outputs = classifier.module.train()(
+            torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        )
+    loss = classifier.loss(outputs, (None, torch.arange(8))).item()
+    assert loss == pytest.approx(model.chance_loss("binary_cross_entropy_mean", classes), rel=0.25)
+    assert model.chance_loss("binary_cross_entropy_mean", classes) == pytest.approx(7.907e-3, abs=1e-6)
+
+
 @pytest.mark.parametrize("head", ["fc", "conv1x1"])
 @pytest.mark.parametrize("init", ["torchvision", "mosaic"])
 def test_bce_classifier_starts_near_one_over_num_classes(head: str, init: str) -> None:
