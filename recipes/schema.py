@@ -135,6 +135,8 @@ class OptimizerName(Choice):
     decoupled_sgdw = "decoupled_sgdw"
     decoupled_adamw = "decoupled_adamw"
     lars = "lars"
+    sgd = "sgd"
+    lamb = "lamb"
 
 
 class LrScaling(Choice):
@@ -357,7 +359,8 @@ class MocoConfig:
 class OptimizerConfig:
     """Optimizer and the batch-size rule that turns the per-256 base LR into the applied LR."""
 
-    # One of Composer's decoupled-weight-decay optimizers.
+    # Composer's decoupled-weight-decay SGDW or AdamW, MoCo v3's LARS, PyTorch's SGD (weight decay coupled, as
+    # torchvision's and FFCV's references), or timm's LAMB (ResNet strikes back).
     name: OptimizerName = OptimizerName.decoupled_sgdw
     # Learning rate per 256 images; the applied LR is base_lr * rule(global_batch_size / 256).
     base_lr: float = 0.1
@@ -371,6 +374,14 @@ class OptimizerConfig:
     eps: float = 1.0e-8
     # Put BatchNorm weights and all biases in a group without weight decay.
     exclude_bn_and_bias_from_weight_decay: bool = False
+    # Weight decay of normalization layers' weights and biases (torchvision's --norm-weight-decay); null: the same
+    # as every other parameter.
+    norm_weight_decay: float | None = None
+    # Parameters whose name contains one of these strings take no weight decay (FFCV's rn50 configs: ["bn"]).
+    no_weight_decay_names: list[str] = field(default_factory=list)
+    # lamb only: timm's LAMB clips the global gradient norm to this before its step (timm's own default is 1.0,
+    # which ResNet strikes back keeps); null: no clipping.
+    max_grad_norm: float | None = None
     # LARS only: the trust ratio's coefficient (eta); MoCo v3's moco/optimizer.py uses 0.001.
     trust_coefficient: float = 0.001
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torchvision
 from composer import Callback, State, Trainer
 from composer.loggers import Logger
 from composer.models import ComposerClassifier
@@ -73,6 +74,77 @@ def test_weight_decay_really_skips_bn_after_a_step() -> None:
     optimizer.step()
     assert torch.equal(net[1].weight, bn_before)
     assert not torch.equal(net[0].weight, conv_before)
+
+
+def decay_by_name(optimizer: torch.optim.Optimizer, net: torch.nn.Module) -> dict[str, float]:
+    names = {id(p): name for name, p in net.named_parameters()}
+    return {names[id(p)]: group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+
+
+@pytest.mark.parametrize(
+    ("rule", "undecayed"),
+    [
+        # ResNet strikes back (timm, mmpretrain): every 1-D parameter, fc.bias included.
+        (
+            {"exclude_bn_and_bias_from_weight_decay": True},
+            lambda n: "bn" in n or "downsample.1" in n or n == "fc.bias",
+        ),
+        # torchvision's --norm-weight-decay 0: BatchNorm only (downsample.1 included), fc.bias decayed.
+        ({"norm_weight_decay": 0.0}, lambda n: "bn" in n or "downsample.1" in n),
+        # FFCV: names containing "bn", so downsample.1 (a BatchNorm) and fc.bias keep their decay.
+        ({"no_weight_decay_names": ["bn"]}, lambda n: "bn" in n),
+    ],
+)
+def test_weight_decay_rules_of_the_reference_recipes_on_resnet50(rule: dict, undecayed) -> None:
+    net = torchvision.models.resnet50()
+    optimizer, _ = build_optimizer(net, optimizer_cfg(name="sgd", weight_decay=1e-4, **rule), 256)
+    decays = decay_by_name(optimizer, net)
+    assert len(decays) == 161 and optimizer.param_groups[0]["weight_decay"] == 1e-4
+    zero = {name for name, decay in decays.items() if decay == 0.0}
+    assert zero == {name for name in decays if undecayed(name)}
+    assert ("fc.bias" in zero) == ("exclude_bn_and_bias_from_weight_decay" in rule)
+    assert ("layer1.0.downsample.1.weight" in zero) == ("no_weight_decay_names" not in rule)
+    assert len(zero) == {"exclude_bn_and_bias_from_weight_decay": 107, "norm_weight_decay": 106}.get(
+        next(iter(rule)), 98
+    )
+
+
+def test_sgd_couples_weight_decay_into_the_momentum_as_torch_does() -> None:
+    """optimizer.name=sgd is torch.optim.SGD: the decay enters the gradient (and the momentum buffer), so after
+    two steps on a zero gradient a weight has moved by lr*wd*w*(1 + (1 + momentum)), not decoupled SGDW's."""
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.ones_(net.weight)
+    optimizer, _ = build_optimizer(net, optimizer_cfg(name="sgd", base_lr=0.1, weight_decay=0.1), 256)
+    assert type(optimizer) is torch.optim.SGD
+    for _ in range(2):
+        net.weight.grad = torch.zeros_like(net.weight)
+        optimizer.step()
+    first = 1 - 0.1 * 0.1
+    assert net.weight.item() == pytest.approx(first - 0.1 * (0.1 * first + 0.9 * 0.1 * 1.0))
+
+
+def test_lamb_is_timms_with_its_gradient_clipping() -> None:
+    """optimizer.name=lamb steps exactly as timm's Lamb does, clipping the global gradient norm first."""
+    from timm.optim import Lamb
+
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    theirs.load_state_dict(ours.state_dict())
+    config = optimizer_cfg(name="lamb", base_lr=1e-3, weight_decay=0.02, eps=1e-6, max_grad_norm=1.0)
+    optimizer, _ = build_optimizer(ours, config, 2048)
+    assert isinstance(optimizer, Lamb) and optimizer.param_groups[0]["lr"] == pytest.approx(8e-3)
+    reference = Lamb(theirs.parameters(), lr=8e-3, weight_decay=0.02, eps=1e-6, max_grad_norm=1.0)
+    unclipped, _ = build_optimizer(copy.deepcopy(ours), optimizer_cfg(name="lamb", base_lr=1e-3), 2048)
+    for step in range(3):
+        for model in (ours, theirs):
+            model.weight.grad = torch.full_like(model.weight, 10.0 * (step + 1))  # norm far above 1
+            model.bias.grad = torch.ones_like(model.bias)
+        optimizer.step()
+        reference.step()
+    assert torch.allclose(ours.weight, theirs.weight, atol=1e-7)
+    assert unclipped.defaults["max_grad_norm"] is None
+    with pytest.raises(UsageError, match=r"optimizer.max_grad_norm.*only lamb clips.*gradient_clipping"):
+        build_optimizer(small_net(), optimizer_cfg(max_grad_norm=1.0), 256)
 
 
 def test_warmup_cosine_scheduler() -> None:

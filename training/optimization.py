@@ -2,7 +2,8 @@
 
 Composer has the optimizers and warmup schedules; what it lacks is the batch-size rule (recipes state one LR per
 256 images so a phase can change its batch without re-tuning), parameter groups that keep weight decay off
-BatchNorm and bias parameters, and LARS (MoCo v3's optimizer for ResNet-50 pretraining).
+BatchNorm and bias parameters (or normalization layers, or named parameters), LARS (MoCo v3's optimizer for ResNet-50
+pretraining), and the optimizers of the reference recipes: PyTorch's SGD and timm's LAMB.
 """
 
 from __future__ import annotations
@@ -69,17 +70,48 @@ def base_lr_for(lr: float, global_batch_size: int, rule: str) -> float:
     return lr / batch_size_factor(global_batch_size, rule)
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float, exclude_bn_and_bias: bool) -> list[dict]:
-    """One group, or two when BatchNorm weights and biases (all 1-D parameters) are kept out of weight decay."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not exclude_bn_and_bias:
-        return [{"params": parameters, "weight_decay": weight_decay}]
-    decayed = [p for p in parameters if p.ndim > 1]
-    not_decayed = [p for p in parameters if p.ndim <= 1]
-    return [
-        {"params": decayed, "weight_decay": weight_decay},
-        {"params": not_decayed, "weight_decay": 0.0},
-    ]
+# torchvision's normalization classes (torchvision/ops/_utils.py split_normalization_params).
+NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)
+
+
+def parameter_weight_decays(model: torch.nn.Module, optimizer_cfg: DictConfig) -> dict[str, float]:
+    """Each trainable parameter's weight decay by name, under the recipe's three exclusion rules.
+
+    ``exclude_bn_and_bias_from_weight_decay``: every 1-D parameter (BatchNorm weights and biases, all biases) at 0,
+    timm's and mmpretrain's rule (ResNet strikes back). ``norm_weight_decay``: the weights and biases of
+    normalization layers only at that value, biases elsewhere decayed (torchvision's references, V2 recipe).
+    ``no_weight_decay_names``: names containing a listed string at 0 (FFCV's "bn", which leaves torchvision's
+    ``downsample.1`` BatchNorm and ``fc.bias`` decayed, as FFCV's code does).
+    """
+    norm_parameters = {
+        id(parameter)
+        for module in model.modules()
+        if isinstance(module, NORM_LAYERS)
+        for parameter in module.parameters(recurse=False)
+    }
+    decays = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        decay = optimizer_cfg.weight_decay
+        if optimizer_cfg.norm_weight_decay is not None and id(parameter) in norm_parameters:
+            decay = optimizer_cfg.norm_weight_decay
+        if optimizer_cfg.exclude_bn_and_bias_from_weight_decay and parameter.ndim <= 1:
+            decay = 0.0
+        if any(part in name for part in optimizer_cfg.no_weight_decay_names):
+            decay = 0.0
+        decays[name] = float(decay)
+    return decays
+
+
+def parameter_groups(model: torch.nn.Module, optimizer_cfg: DictConfig) -> list[dict]:
+    """One optimizer group per distinct weight decay (``parameter_weight_decays``), the recipe's first."""
+    parameters = dict(model.named_parameters())
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, decay in parameter_weight_decays(model, optimizer_cfg).items():
+        groups.setdefault(decay, []).append(parameters[name])
+    ordered = sorted(groups, key=lambda decay: decay != optimizer_cfg.weight_decay)
+    return [{"params": groups[decay], "weight_decay": decay} for decay in ordered]
 
 
 class LARS(torch.optim.Optimizer):
@@ -151,9 +183,12 @@ def build_optimizer(
 ) -> tuple[torch.optim.Optimizer, LearningRatePlan]:
     """Composer's decoupled SGDW or AdamW, or MoCo v3's LARS, at the batch-scaled learning rate."""
     plan = scale_learning_rate(optimizer_cfg.base_lr, global_batch_size, optimizer_cfg.lr_scaling)
-    groups = parameter_groups(
-        model, optimizer_cfg.weight_decay, optimizer_cfg.exclude_bn_and_bias_from_weight_decay
-    )
+    groups = parameter_groups(model, optimizer_cfg)
+    if optimizer_cfg.name != "lamb" and optimizer_cfg.max_grad_norm is not None:
+        raise UsageError(
+            f"'optimizer.max_grad_norm' is {optimizer_cfg.max_grad_norm}, but only lamb clips inside the optimizer "
+            f"(optimizer.name={optimizer_cfg.name}); use algorithms.gradient_clipping instead."
+        )
     if optimizer_cfg.name == "decoupled_sgdw":
         optimizer = DecoupledSGDW(
             groups,
@@ -188,11 +223,46 @@ def build_optimizer(
             weight_decay=optimizer_cfg.weight_decay,
             trust_coefficient=optimizer_cfg.trust_coefficient,
         )
+    elif optimizer_cfg.name == "sgd":
+        optimizer = torch.optim.SGD(
+            groups,
+            lr=plan.lr,
+            momentum=optimizer_cfg.momentum,
+            nesterov=optimizer_cfg.nesterov,
+            weight_decay=optimizer_cfg.weight_decay,
+        )
+    elif optimizer_cfg.name == "lamb":
+        optimizer = lamb(groups, plan.lr, optimizer_cfg)
     else:
         raise UsageError(
-            f"'optimizer.name' is '{optimizer_cfg.name}'; use decoupled_sgdw, decoupled_adamw or lars."
+            f"'optimizer.name' is '{optimizer_cfg.name}'; use decoupled_sgdw, decoupled_adamw, lars, sgd or lamb."
         )
     return optimizer, plan
+
+
+def lamb(groups: list[dict], lr: float, optimizer_cfg: DictConfig) -> torch.optim.Optimizer:
+    """timm's LAMB (You et al. 2020), as ResNet strikes back trains with it (timm/optim/lamb.py, timm 1.0).
+
+    Adam's moments with bias correction, the weight decay added to the update, then each tensor's step scaled by
+    its trust ratio ||w|| / ||update||; before that the global gradient norm is clipped to ``max_grad_norm`` (timm's
+    default 1.0, which ResNet strikes back keeps; null here: none). Composer has no LAMB; timm's is the one the
+    recipe was tuned on.
+    """
+    from timm.optim import Lamb  # timm costs seconds to import; only LAMB runs need it
+
+    if optimizer_cfg.max_grad_norm is not None and optimizer_cfg.max_grad_norm <= 0:
+        raise UsageError(
+            f"'optimizer.max_grad_norm' is {optimizer_cfg.max_grad_norm}; give a positive norm (timm's 1.0) "
+            "or null for no clipping."
+        )
+    return Lamb(
+        groups,
+        lr=lr,
+        betas=tuple(optimizer_cfg.betas),
+        eps=optimizer_cfg.eps,
+        weight_decay=optimizer_cfg.weight_decay,
+        max_grad_norm=optimizer_cfg.max_grad_norm,
+    )
 
 
 class PeakAnchoredOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
