@@ -1,9 +1,9 @@
 """Composer's own algorithms by recipe name: a recipe's ``algorithms:`` mapping becomes Composer objects.
 
 Nothing is re-implemented here; this module only maps names to Composer classes (plus this project's
-``data_progressive_resizing``, which Composer lacks, and ``ghost_batchnorm``, Composer's with an evaluation that
-takes any batch size), fills the ResNet-specific defaults Composer cannot guess,
-checks arguments against each class's signature before any work starts, and converts the settings Composer
+``data_progressive_resizing``, which Composer lacks, ``ghost_batchnorm``, Composer's with an evaluation that
+takes any batch size, and ``mixup_or_cutmix``, Composer's MixUp or CutMix per batch), fills the ResNet-specific
+defaults Composer cannot guess, checks arguments against each class's signature before any work starts, and converts the settings Composer
 counts in batches from samples when a recipe writes them so (``SAMPLE_COUNTED``).
 """
 
@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from algorithms.data_progressive_resizing import DataProgressiveResizing
 from algorithms.ghost_batchnorm import GhostBatchNorm
+from algorithms.mixup_or_cutmix import MixUpOrCutMix
 from recipes.durations import parse_time, steps_in
 from recipes.errors import UsageError, suggest
 
@@ -66,6 +67,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "layer_freezing": LayerFreezing,
     "factorize": Factorize,
     "weight_standardization": WeightStandardization,
+    "mixup_or_cutmix": MixUpOrCutMix,
 }
 
 # Defaults Composer cannot pick for us. StochasticDepth calls torchvision's Bottleneck "ResNetBottleneck".
@@ -142,10 +144,18 @@ def validate_algorithms(algorithms: Mapping[str, Any] | DictConfig) -> None:
 def validate_recipe_algorithms(config: DictConfig) -> None:
     """The recipe's ``algorithms`` section, checked before any work: names, arguments, and the combinations
     that cannot work (the two progressive resizings together; the data-side one without the fast pipeline;
-    SelectiveBackprop on the fast pipeline's uint8 batches; WeightStandardization listed before Factorize)."""
+    SelectiveBackprop on the fast pipeline's uint8 batches; WeightStandardization listed before Factorize;
+    mixup_or_cutmix beside mixup or cutmix)."""
     validate_algorithms(config.algorithms)
     enabled = enabled_algorithms(config.algorithms)
     _check_surgery_order(list(enabled))
+    both = [name for name in ("mixup", "cutmix") if name in enabled]
+    if "mixup_or_cutmix" in enabled and both:
+        raise UsageError(
+            f"'algorithms.mixup_or_cutmix' already mixes every batch with MixUp or CutMix, and the recipe also "
+            f"enables {' and '.join(f'algorithms.{name}' for name in both)}, which would mix it again. Set "
+            f"{', '.join(f'algorithms.{name}=null' for name in both)}, or mixup_or_cutmix=null."
+        )
     if "selective_backprop" in enabled and config.data.pipeline == "fast":
         raise UsageError(
             "'algorithms.selective_backprop' runs the model on each batch as it leaves the loader "

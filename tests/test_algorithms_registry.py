@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 from torchvision.datasets import VisionDataset
 
-from algorithms.registry import ALGORITHMS, build_algorithms
+from algorithms.registry import ALGORITHMS, build_algorithms, validate_recipe_algorithms
 from model import build_model
 from recipes.errors import UsageError
 from recipes.schema import ModelConfig
@@ -105,9 +105,65 @@ def test_registry_holds_composer_classes() -> None:
         "stochastic_depth", "progressive_resizing", "sam", "colout", "gradient_clipping", "augmix", "cutout",
         "selective_backprop", "squeeze_excite", "layer_freezing", "factorize", "weight_standardization",
     }  # fmt: skip
-    # ghost_batchnorm is Composer's subclassed (algorithms/ghost_batchnorm.py: eval takes any batch size).
-    assert set(ALGORITHMS) == composers | {"data_progressive_resizing", "ghost_batchnorm"}
+    # ghost_batchnorm is Composer's subclassed (algorithms/ghost_batchnorm.py: eval takes any batch size);
+    # mixup_or_cutmix holds Composer's MixUp and CutMix.
+    assert set(ALGORITHMS) == composers | {"data_progressive_resizing", "ghost_batchnorm", "mixup_or_cutmix"}
     assert all(ALGORITHMS[name].__module__.startswith("composer.algorithms") for name in composers)
+
+
+class MixedInputs(Probe):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def before_forward(self, state: State, logger: Logger) -> None:
+        self.inputs.append(state.batch[0].detach().clone())
+
+
+def test_mixup_or_cutmix_mixes_each_batch_one_way_never_both() -> None:
+    """Per batch, CutMix leaves the same pixels untouched in every image (outside its box) and MixUp blends every
+    pixel of each image paired with another; over 10 batches both occur, and no batch is both."""
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(4) % NUM_CLASSES
+    loader = DataLoader(TensorDataset(images, labels), batch_size=4)
+    probe = MixedInputs()
+    built = build_algorithms(
+        # MixUp's alpha 1 (its weight uniform in [0, 0.5]) so that no blend is too faint to change a float.
+        OmegaConf.create({"mixup_or_cutmix": {"mixup_alpha": 1.0, "cutmix_alpha": 1.0}}),
+        global_batch_size=4,
+    )
+    trainer = Trainer(
+        model=build_model(OmegaConf.structured(ModelConfig(name="resnet18")), NUM_CLASSES),
+        train_dataloader=loader,
+        max_duration="10ba",
+        algorithms=built,
+        callbacks=[probe],
+        device="cpu",
+        progress_bar=False,
+        seed=0,
+    )
+    trainer.fit()
+    kinds = []
+    for mixed, targets in zip(probe.inputs, probe.loss_targets, strict=True):
+        changed = (mixed != images).any(dim=1)  # image, row, column
+        untouched_everywhere = ~changed.any(dim=0)
+        if untouched_everywhere.any():  # CutMix: outside its box no image changed, so MixUp did not run
+            box = ~untouched_everywhere
+            rows, columns = box.any(dim=1), box.any(dim=0)
+            assert torch.equal(box, rows[:, None] & columns[None, :])  # one rectangle, shared by the batch
+            kinds.append("cutmix")
+        else:  # MixUp: an image paired with another is blended at every pixel (one paired with itself
+            # changes only by rounding)
+            assert changed.flatten(1).all(dim=1).any()
+            kinds.append("mixup")
+        assert torch.allclose(targets.sum(dim=1), torch.ones(4))  # soft targets for the loss
+    assert set(kinds) == {"cutmix", "mixup"}, kinds
+    with pytest.raises(UsageError, match=r"mixup_or_cutmix.*also enables algorithms.mixup.*mixup=null"):
+        validate_recipe_algorithms(
+            OmegaConf.create(
+                {"algorithms": {"mixup_or_cutmix": {}, "mixup": {"alpha": 0.2}}, "data": {"pipeline": "fast"}}
+            )
+        )
 
 
 def test_null_switches_an_algorithm_off() -> None:
