@@ -86,6 +86,24 @@ class ResNetClassifier(ComposerClassifier):
     argmax of dense targets; the cross-entropy metric keeps the dense targets, which it handles.
     """
 
+    # model.flip_tta: evaluation scores each image by its logits plus its mirror image's (build_model sets it).
+    flip_tta: bool = False
+
+    def eval_forward(self, batch: Any, outputs: Any | None = None) -> Any:
+        """Composer's eval forward, plus the horizontally flipped batch's logits under ``flip_tta``.
+
+        FFCV's ImageNet reference (``lr_tta``, train_imagenet.py) sums the two, so validation accuracy, the
+        validation loss and evaluate.py all score the sum; training and the exported network are unchanged.
+        Composer passes ``outputs`` when it scores training metrics on the batch just trained: those stay as is.
+        """
+        if outputs is not None:
+            return outputs
+        logits = self(batch)
+        if self.flip_tta:
+            inputs, targets = batch
+            logits = logits + self((inputs.flip(dims=[3]), targets))
+        return logits
+
     def update_metric(self, batch: Any, outputs: Tensor, metric: Metric) -> None:
         """Update ``metric`` with the batch's targets, as class indices for accuracy."""
         _, targets = batch
@@ -333,13 +351,15 @@ def build_model(
             "loss": CrossEntropy(),
         }
     )
-    return classifier_type(
+    classifier = classifier_type(
         network,
         num_classes=num_classes,
         train_metrics=train_metrics,
         val_metrics=val_metrics,
         loss_fn=LOSSES[model_cfg.loss],
     )
+    classifier.flip_tta = bool(model_cfg.flip_tta)
+    return classifier
 
 
 def build_linear_probe(

@@ -193,6 +193,9 @@ class ModelConfig:
     # at a rate rising linearly over the blocks to this one (0: off). torchvision's ResNets take
     # algorithms.stochastic_depth instead.
     drop_path_rate: float = 0.0
+    # Evaluation only: score each image by its logits plus its horizontal flip's (FFCV's lr_tta); training,
+    # checkpoints and exports are unchanged.
+    flip_tta: bool = False
 
 
 @dataclass

@@ -268,3 +268,20 @@ def test_unknown_loss_or_init_is_a_usage_error() -> None:
         model.build_model(ModelConfig(loss="hinge"), NUM_CLASSES)
     with pytest.raises(UsageError, match=r"model.init='xavier'.*mosaic"):
         model.build_model(ModelConfig(init="xavier"), NUM_CLASSES)
+
+
+def test_flip_tta_scores_the_sum_of_the_image_and_its_mirror_in_evaluation_only() -> None:
+    """model.flip_tta (FFCV's lr_tta): eval_forward is f(x) + f(flip(x)); training's forward stays f(x)."""
+    torch.manual_seed(0)
+    plain = model.build_model(ModelConfig(name="resnet18"), NUM_CLASSES).eval()
+    tta = model.build_model(ModelConfig(name="resnet18", flip_tta=True), NUM_CLASSES).eval()
+    tta.load_state_dict(plain.state_dict())
+    images = torch.randn(2, 3, 32, 32)  # not mirror-symmetric
+    batch = (images, torch.tensor([0, 1]))
+    with torch.no_grad():
+        expected = plain.module(images) + plain.module(images.flip(dims=[3]))
+        assert torch.allclose(tta.eval_forward(batch), expected, atol=1e-5)
+        assert not torch.allclose(plain.eval_forward(batch), expected, atol=1e-3)
+        assert torch.equal(tta(batch), plain(batch))  # the training forward
+        symmetric = torch.cat([images[..., :16], images[..., :16].flip(dims=[3])], dim=3)
+        assert torch.allclose(tta.eval_forward((symmetric, batch[1])), 2 * plain.module(symmetric), atol=1e-5)
