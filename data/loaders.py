@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from data import digits, hf, ilsvrc, imagefolder, streaming, synthetic, tiny_imagenet
 from data.bad_images import BadImageLog
-from data.resumable_sampler import ResumableSampler
+from data.resumable_sampler import REPEATED_EPOCH_MULTIPLE, ResumableSampler
 from data.samples import Catalog, Split
 from data.subsets import balanced_subset, subset_catalog
 from data.transforms import eval_transform, microbatch_transform, train_transform
@@ -107,7 +107,15 @@ def build_data(
             shuffle=True,
             drop_last=data.drop_last,
             pin_memory=pin_memory,
+            repeats=data.repeated_augmentation,
         )
+        if len(loader) == 0 and data.repeated_augmentation > 1:
+            raise UsageError(
+                f"data.repeated_augmentation={data.repeated_augmentation} rounds each epoch down to a multiple of "
+                f"{REPEATED_EPOCH_MULTIPLE} images (torchvision's RASampler), and {train_size} images leave fewer "
+                f"than one batch of global_batch_size={cfg.global_batch_size}. Use more images or set "
+                "data.repeated_augmentation=1."
+            )
         if len(loader) == 0:
             raise UsageError(
                 f"The training set has {train_size} images, fewer than one batch of global_batch_size="
@@ -184,13 +192,19 @@ def make_loader(
     shuffle: bool,
     drop_last: bool,
     pin_memory: bool = False,
+    repeats: int = 1,
 ) -> DataLoader:
-    """A DataLoader reading this process's share (``ResumableSampler``), seeded for reproducible, resumable runs."""
+    """A DataLoader reading this process's share (``ResumableSampler``, each image ``repeats`` times per epoch),
+    seeded for reproducible, resumable runs."""
     streamed = isinstance(dataset, IterableDataset)
     workers = data.num_workers
     # Map-style data: Composer's DistributedSampler order and shares, able to start a resumed epoch part-way, and
     # each sample seeded from (seed, epoch, index) rather than from a worker's RNG (data.resumable_sampler).
-    sampler = None if streamed else ResumableSampler(dataset, shuffle=shuffle, drop_last=drop_last, seed=seed)
+    sampler = (
+        None
+        if streamed
+        else ResumableSampler(dataset, shuffle=shuffle, drop_last=drop_last, seed=seed, repeats=repeats)
+    )
     # A streamed dataset still augments from the worker RNGs (torch, random, numpy), derived from this generator;
     # per rank, so processes augment differently.
     generator = torch.Generator().manual_seed(seed + dist.get_global_rank())
@@ -237,6 +251,17 @@ def _check_loader_settings(data: Any) -> None:
         raise UsageError(f"data.num_workers={data.num_workers} must be 0 (load in the main process) or more.")
     if data.num_workers > 0 and data.prefetch_factor < 1:
         raise UsageError(f"data.prefetch_factor={data.prefetch_factor} must be at least 1.")
+    if data.repeated_augmentation < 1:
+        raise UsageError(
+            f"data.repeated_augmentation={data.repeated_augmentation} must be the number of copies of each image "
+            "per epoch: 1 (off) or more (torchvision's ResNet-50 V2 recipe uses 4)."
+        )
+    if data.repeated_augmentation > 1 and data.source == DataSource.streaming:
+        raise UsageError(
+            f"data.repeated_augmentation={data.repeated_augmentation} deals images out through the loader's "
+            "sampler, and data.source=streaming has none (Streaming orders its own samples). Set "
+            "data.repeated_augmentation=1, or train from a folder source."
+        )
 
 
 def _total_size(dataset: Dataset, world_size: int) -> int:

@@ -16,12 +16,20 @@ over any number of processes sharing the global batch) and a different crop in e
 different indices in an epoch, so they augment differently; the exception is the handful of samples
 DistributedSampler repeats to even out the shares when ``drop_last`` is off, which get the same crop twice.
 
+``repeats`` > 1 is repeated augmentation (Hoffer et al. 2020; DeiT's and torchvision's ``RASampler``, which
+torchvision's ResNet-50 V2 recipe trains with at 4): each epoch's shuffled order holds every index ``repeats`` times
+in a row, dealt out round-robin over the processes, so the copies of an image land on different processes (or, on
+one process, in the same batch), each with its own crop: the repeat number is part of the sample's seed. An epoch
+is then as long as torchvision's: the dataset rounded down to a multiple of 256, over the processes
+(``epoch_share``), so it visits about 1 / ``repeats`` of the distinct images.
+
 Streamed datasets (``IterableDataset``) have no sampler and cannot skip: Composer spins them as before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import struct
 from collections.abc import Iterator
@@ -38,13 +46,32 @@ from torch.utils.data import Dataset, DistributedSampler, get_worker_info
 NUMPY_SEED_MASK = 2**32 - 1
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of sample ``index`` in ``epoch``: 64 bits of BLAKE2b over the three numbers.
+# torchvision's RASampler rounds each epoch down to a multiple of this many images before sharing it out.
+REPEATED_EPOCH_MULTIPLE = 256
 
-    A hash, not arithmetic, so nearby keys give unrelated seeds and no two keys share one in practice.
+
+def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` (its ``repeat``-th copy under repeated augmentation):
+    64 bits of BLAKE2b over the numbers.
+
+    A hash, not arithmetic, so nearby keys give unrelated seeds and no two keys share one in practice. The first
+    copy hashes the three numbers alone, so seeds do not change when repeats are off.
     """
-    digest = hashlib.blake2b(struct.pack("<qqq", seed, epoch, index), digest_size=8).digest()
+    numbers = (seed, epoch, index) if repeat == 0 else (seed, epoch, index, repeat)
+    digest = hashlib.blake2b(struct.pack(f"<{len(numbers)}q", *numbers), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def epoch_share(dataset_size: int, world_size: int, *, drop_last: bool, repeats: int = 1) -> int:
+    """Samples one process reads per epoch: ``DistributedSampler``'s share, or ``RASampler``'s under ``repeats`` > 1.
+
+    The one rule the loaders and the planner both count batches by.
+    """
+    if repeats > 1:
+        return dataset_size // REPEATED_EPOCH_MULTIPLE * REPEATED_EPOCH_MULTIPLE // world_size
+    if drop_last and dataset_size % world_size:
+        return dataset_size // world_size
+    return math.ceil(dataset_size / world_size)
 
 
 class SampleKey(int):
@@ -99,10 +126,13 @@ class ResumableSampler(DistributedSampler):
     """Composer's ``DistributedSampler`` whose next pass over an epoch can start after the samples already seen.
 
     Yields ``SampleKey`` indices. ``len()`` stays the whole epoch's share, which is what Composer counts an epoch's
-    batches against (``batch_in_epoch`` continues from the checkpoint's).
+    batches against (``batch_in_epoch`` continues from the checkpoint's). ``repeats`` > 1 deals the epoch out as
+    torchvision's ``RASampler`` does (the module docstring says how).
     """
 
-    def __init__(self, dataset: Dataset, *, shuffle: bool, drop_last: bool, seed: int) -> None:
+    def __init__(
+        self, dataset: Dataset, *, shuffle: bool, drop_last: bool, seed: int, repeats: int = 1
+    ) -> None:
         super().__init__(
             dataset,
             num_replicas=dist.get_world_size(),
@@ -111,7 +141,33 @@ class ResumableSampler(DistributedSampler):
             seed=seed,
             drop_last=drop_last,
         )
+        if repeats < 1:
+            raise ValueError(f"repeats must be at least 1, not {repeats}")
+        self.repeats = repeats
         self._start: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        size = len(self.dataset)  # type: ignore[arg-type]
+        return epoch_share(size, self.num_replicas, drop_last=self.drop_last, repeats=self.repeats)
+
+    def _keys(self) -> list[SampleKey]:
+        """This epoch's share, each index with its seed: DistributedSampler's, or RASampler's under repeats."""
+        epoch = self.epoch
+        if self.repeats == 1:
+            return [SampleKey(index, sample_seed(self.seed, epoch, index)) for index in super().__iter__()]
+        size = len(self.dataset)  # type: ignore[arg-type]
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + epoch)
+            order = torch.randperm(size, generator=generator).tolist()
+        else:
+            order = list(range(size))
+        # Each index `repeats` times in a row, padded to an even split, dealt round-robin (RASampler's order).
+        copies = [(index, repeat) for index in order for repeat in range(self.repeats)]
+        total = math.ceil(len(copies) / self.num_replicas) * self.num_replicas
+        copies += copies[: total - len(copies)]
+        share = copies[self.rank : total : self.num_replicas][: len(self)]
+        return [SampleKey(index, sample_seed(self.seed, epoch, index, repeat)) for index, repeat in share]
 
     def start_epoch_at(self, epoch: int, samples: int) -> None:
         """Begin the next pass over ``epoch`` after this process's first ``samples`` samples (once)."""
@@ -120,14 +176,13 @@ class ResumableSampler(DistributedSampler):
         self._start = (epoch, samples)
 
     def __iter__(self) -> Iterator[Any]:
-        epoch = self.epoch
-        indices = list(super().__iter__())
+        keys = self._keys()
         if self._start is not None:
             start_epoch, samples = self._start
             self._start = None
-            if start_epoch == epoch:
-                indices = indices[samples:]
-        return (SampleKey(index, sample_seed(self.seed, epoch, index)) for index in indices)
+            if start_epoch == self.epoch:
+                keys = keys[samples:]
+        return iter(keys)
 
 
 def skips_seen_batches(dataloader: Any) -> bool:

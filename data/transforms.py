@@ -60,6 +60,35 @@ AUTO_AUGMENT_POLICIES = {
 }
 # RandAugment's magnitude indexes 31 bins (torchvision's num_magnitude_bins default).
 RA_MAGNITUDES = range(31)
+# data.auto_augment names starting so are timm's RandAugment strings (``rand-m6-mstd0.5-inc1``, ResNet strikes back).
+TIMM_RAND_AUGMENT = "rand"
+
+
+def auto_augment_policy(data: Any, interpolation: InterpolationMode) -> Any:
+    """``data.auto_augment``'s policy: torchvision's by name, or timm's RandAugment from its config string.
+
+    timm's is built as its ``transforms_imagenet_train`` builds it: translations up to 45 % of the training
+    resolution, fills in the mean colour, warps with the recipe's interpolation. Its ops draw from Python's
+    ``random``, which the per-sample seed covers as it covers torch's (``data.resumable_sampler.seeded``).
+    """
+    name = str(data.auto_augment)
+    if not name.startswith(TIMM_RAND_AUGMENT):
+        return AUTO_AUGMENT_POLICIES[name](interpolation, data.ra_magnitude)
+    from timm.data.auto_augment import rand_augment_transform  # timm loads only for its own policies
+
+    hparams = {
+        "translate_const": int(data.train_resolution * 0.45),
+        "img_mean": tuple(min(255, round(255 * float(mean))) for mean in data.mean),
+        "interpolation": _PIL_INTERPOLATIONS[str(data.interpolation)],
+    }
+    return rand_augment_transform(name, hparams)
+
+
+_PIL_INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
 
 class ToRGB:
@@ -121,7 +150,7 @@ def augmentations(data: Any, interpolation: InterpolationMode) -> list[Any]:
     """The recipe's auto-augment policy, then its ColorJitter: torchvision's transforms, for PIL or uint8 images."""
     steps: list[Any] = []
     if data.auto_augment is not None:
-        steps.append(AUTO_AUGMENT_POLICIES[data.auto_augment](interpolation, data.ra_magnitude))
+        steps.append(auto_augment_policy(data, interpolation))
     if data.color_jitter is not None:
         steps.append(transforms.ColorJitter(*[float(value) for value in data.color_jitter]))
     return steps
@@ -234,7 +263,7 @@ def check_transform_settings(data: Any) -> None:
 
 def check_augmentation_settings(data: Any) -> None:
     """Reject ``data.color_jitter``, ``data.auto_augment``, ``data.ra_magnitude`` and ``data.random_erasing``
-    values torchvision would refuse only inside a worker, or take to mean something else."""
+    values torchvision (or timm) would refuse only inside a worker, or take to mean something else."""
     if data.color_jitter is not None:
         jitter = [float(value) for value in data.color_jitter]
         if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
@@ -242,10 +271,13 @@ def check_augmentation_settings(data: Any) -> None:
                 f"data.color_jitter={jitter} must be four numbers: brightness, contrast, saturation >= 0 and a "
                 "hue in [0, 0.5] (e.g. [0.4, 0.4, 0.4, 0.0]), or null for none."
             )
-    if data.auto_augment is not None and data.auto_augment not in AUTO_AUGMENT_POLICIES:
+    if data.auto_augment is not None and str(data.auto_augment).startswith(TIMM_RAND_AUGMENT):
+        _check_timm_rand_augment(data)
+    elif data.auto_augment is not None and data.auto_augment not in AUTO_AUGMENT_POLICIES:
         raise UsageError(
             f"data.auto_augment={data.auto_augment} is not one of {', '.join(AUTO_AUGMENT_POLICIES)} "
-            "(torchvision references/classification's --auto-augment names), or null for none."
+            "(torchvision references/classification's --auto-augment names), a timm RandAugment string such as "
+            "rand-m9-mstd0.5-inc1, or null for none."
         )
     if data.ra_magnitude not in RA_MAGNITUDES:
         raise UsageError(
@@ -257,6 +289,18 @@ def check_augmentation_settings(data: Any) -> None:
             f"data.random_erasing={data.random_erasing} must be a probability in [0, 1] (0: off; torchvision's "
             "recipes use 0.1 or 0.25)."
         )
+
+
+def _check_timm_rand_augment(data: Any) -> None:
+    """Build timm's RandAugment once up front: timm asserts on a section it does not know, inside a worker."""
+    try:
+        auto_augment_policy(data, INTERPOLATIONS[data.interpolation])
+    except (AssertionError, ValueError, KeyError) as error:
+        raise UsageError(
+            f"data.auto_augment={data.auto_augment} is not a timm RandAugment string: 'rand' then dash-separated "
+            "sections m<magnitude>, n<ops>, p<probability>, mstd<magnitude std>, mmax<max>, inc<0|1>, "
+            f"t<transform set> (e.g. rand-m6-mstd0.5-inc1, ResNet strikes back's) ({str(error) or type(error).__name__})."
+        ) from error
 
 
 def _pair(data: Any, key: str) -> tuple[float, float]:

@@ -308,6 +308,10 @@ class DataConfig:
     # Probability of torchvision's RandomErasing per training image (--random-erase): a box erased to 0 after
     # normalisation (the fast path fills it with the mean in uint8, the same input to the model).
     random_erasing: float = 0.0
+    # Repeated augmentation (torchvision's --ra-sampler --ra-reps N, DeiT's RASampler): each training image N
+    # times per epoch in a row, on different processes, each copy cropped and augmented anew; an epoch is then the
+    # training set rounded down to a multiple of 256 images (torchvision's rule). 1: off.
+    repeated_augmentation: int = 1
     # Eval: resize the short side to resolution / ratio, then center-crop `eval_resolution`.
     eval_crop_ratio: float = 0.875
     interpolation: Interpolation = Interpolation.bilinear
@@ -397,6 +401,9 @@ class SchedulerConfig:
     name: SchedulerName = SchedulerName.cosine_warmup
     # Warmup length in Composer time units ("5ep", "500ba", "0.05dur"); 0 for none.
     t_warmup: str = "1ep"
+    # Warmup schedules: the fraction of the peak LR the linear warmup starts from (0: Composer's, from zero;
+    # torchvision's --lr-warmup-decay 0.01; timm's --warmup-lr over --lr).
+    warmup_start: float = 0.0
     # Final LR as a fraction of the peak LR (warmup schedules).
     alpha_f: float = 0.0
     # one_cycle: fraction of the run spent rising, start = peak / div_factor, end = start / final_div_factor.

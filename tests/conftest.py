@@ -1,4 +1,5 @@
-"""Shared fixtures: one real smoke-recipe run reused by the tests of its outputs, and an S3 server on loopback."""
+"""Shared fixtures: one real smoke-recipe run reused by the tests of its outputs, an S3 server on loopback, and the
+release of every Composer engine a test leaves open."""
 
 from __future__ import annotations
 
@@ -22,6 +23,32 @@ DEVELOPER_AWS_SETTINGS = (
     "AWS_ENDPOINT_URL_S3",
     "S3_ENDPOINT_URL",
 )
+
+
+@pytest.fixture(autouse=True)
+def release_composer_engines(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close and release, after each test, every Composer engine (Trainer) it built.
+
+    Many tests build a Trainer and drop it without ``training.runtime.close_trainer``; each would otherwise stay
+    in memory, model and all, until the suite ends (``close_trainer`` says what holds it), and the suite's
+    hundreds of runs outgrow the CI machine's memory.
+    """
+    from composer.core import engine
+
+    from training.runtime import release_engine
+
+    opened: list[Any] = []
+    real_init = engine.Engine.__init__
+
+    def recording_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(engine.Engine, "__init__", recording_init)
+    yield
+    for built in opened:
+        built.close()
+        release_engine(built)
 
 
 @pytest.fixture(scope="session")

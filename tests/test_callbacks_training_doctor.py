@@ -269,11 +269,13 @@ def test_build_doctor_reads_warmup_and_grace_from_the_recipe(tmp_path: Path) -> 
     "recipe", [name for name in available_recipes() if load_run_recipe(name).task == "supervised"]
 )
 def test_two_batches_at_chance_of_every_recipe_fire_nothing(recipe: str, tmp_path: Path) -> None:
-    # What a few-batch run of a recipe shows the doctor (tests/test_recipes_as_configured.py): 100 classes, loss ~ln(100).
+    # What a few-batch run of a recipe shows the doctor (tests/test_recipes_as_configured.py): 100 classes, the
+    # recipe's loss near its chance value (ln 100 for cross-entropy; the BCEs' own).
     config = load_run_recipe(recipe, ["max_duration=2ba", "global_batch_size=8"])
     [doctor] = build_doctor(config, 100, tmp_path, batches_per_epoch=2)
+    at_chance = chance_loss(config.model.loss, 100)
     for step in (1, 2):
-        assert doctor.diagnosis.observe_batch(step, math.log(100) * (1 + 0.01 * step), 5.0, 0.1) == []
+        assert doctor.diagnosis.observe_batch(step, at_chance * (1 + 0.01 * step), 5.0, 0.1) == []
     assert doctor.diagnosis.observe_eval(2, 0.0) == []
 
 

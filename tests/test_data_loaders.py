@@ -31,6 +31,7 @@ from data.fast_transforms import NormalizeBatch
 from data.resumable_sampler import ResumableSampler, SampleKey, sample_seed, skips_seen_batches
 from recipes.errors import UsageError
 from recipes.schema import IMAGENET_MEAN, IMAGENET_STD, DataSource, RecipeConfig
+from tools.planning import batches_per_epoch
 
 
 def synthetic_recipe(**overrides: object):
@@ -351,3 +352,52 @@ def test_batch_algorithms_give_the_model_what_they_give_it_on_images_normalised_
         assert torch.equal(mine, expected)
         # The algorithm did act: smaller images (ColOut, resizing), or mixed ones (MixUp, CutMix).
         assert mine.shape != (4, 3, 16, 16) or not torch.equal(mine, normalise((loaded, None))[0])
+
+
+def test_repeated_augmentation_deals_each_image_n_times_over_the_processes_as_rasampler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torchvision's RASampler order (references/classification/sampler.py): the epoch's shuffled indices, each
+    4 times in a row, dealt round-robin, cut to the dataset rounded down to 256 over the processes. On 2
+    processes both hold each image twice, and all 4 copies have their own seed (their own crop)."""
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    dataset, epoch, shares = list(range(600)), 3, []
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "get_global_rank", lambda rank=rank: rank)
+        sampler = ResumableSampler(dataset, shuffle=True, drop_last=True, seed=17, repeats=4)
+        sampler.set_epoch(epoch)
+        shares.append(list(sampler))
+        assert len(sampler) == len(shares[-1]) == 512 // 2
+        assert batches_per_epoch(600, 2, 8, True, 4) == len(sampler) // 8  # the planner counts the same
+    order = torch.randperm(600, generator=torch.Generator().manual_seed(17 + epoch)).tolist()
+    for share in shares:
+        assert [int(key) for key in share] == [index for index in order[:128] for _ in range(2)]
+    copies = [key.seed for share in shares for key in share if int(key) == order[0]]
+    assert len(copies) == 4 and len(set(copies)) == 4
+    # A resumed epoch skips what this process trained, copies included.
+    sampler.start_epoch_at(epoch, 10)
+    assert [(int(key), key.seed) for key in sampler] == [(int(key), key.seed) for key in shares[1][10:]]
+
+
+def test_repeated_copies_of_an_image_are_cropped_differently_in_one_batch() -> None:
+    """One process, 4 repeats, batch 4: each batch is one image four times, each copy its own crop and flip."""
+    recipe = augmenting_recipe(repeated_augmentation=4, synthetic_train_samples=300)
+    loader = build_data(recipe).train.dataloader
+    assert len(loader) == 256 // 4  # 300 images round down to 256 an epoch
+    loader.sampler.set_epoch(0)
+    images, labels = next(iter(loader))
+    assert len(set(labels.tolist())) == 1
+    assert len({image.numpy().tobytes() for image in images}) == 4
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"repeated_augmentation": 0}, "data.repeated_augmentation=0 must be the number of copies"),
+        ({"repeated_augmentation": 4, "source": "streaming"}, "data.source=streaming has none"),
+        ({"repeated_augmentation": 4}, "multiple of 256 images .* 16 images leave fewer than one batch"),
+    ],
+)
+def test_bad_repeated_augmentation_names_the_key_and_the_fix(data: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        build_data(synthetic_recipe(data=data))

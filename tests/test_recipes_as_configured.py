@@ -15,13 +15,14 @@ import torchvision
 from composer.algorithms import EMA, SAM
 from composer.algorithms.blurpool.blurpool_layers import BlurConv2d, BlurMaxPool2d
 from composer.algorithms.sam.sam import SAMOptimizer
-from composer.core import Callback, State
+from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger
 
 import evaluate
 import train
 from algorithms.registry import enabled_algorithms
 from data import tiny_imagenet
+from data.resumable_sampler import REPEATED_EPOCH_MULTIPLE
 from data.synthetic import SyntheticImages
 from model import LOSSES, moco_backbone_state, moco_initial_loss
 from recipes.loading import available_recipes
@@ -35,6 +36,16 @@ BATCH = 8
 # resizing) change within the run.
 TRAIN_IMAGES = 2 * BATCH
 EPOCHS = 3
+# A repeated-augmentation recipe's epoch is its images rounded down to a multiple of 256 (RASampler's rule): it
+# trains on 256 images, for as many steps as the others, and its epoch is 256 / BATCH batches long.
+REPEATED_IMAGES = REPEATED_EPOCH_MULTIPLE
+
+
+# The optimizer class each optimizer.name trains with (Composer's, torch's, timm's, this project's LARS).
+OPTIMIZER_CLASSES = {
+    "decoupled_sgdw": "DecoupledSGDW", "decoupled_adamw": "DecoupledAdamW", "lars": LARS.__name__, "sgd": "SGD",
+    "lamb": "Lamb",
+}  # fmt: skip
 
 
 class Probe(Callback):
@@ -68,7 +79,11 @@ class Probe(Callback):
                 for name, parameter in state.model.named_parameters()
                 if name in ema.ema_model.named_parameters_dict
             ),
+            "ema_started": None if ema is None else ema.ema_started,
             "sam_interval": None if sam is None else sam.interval,
+            "flip_tta": getattr(state.model, "flip_tta", False),
+            "repeats": getattr(state.train_dataloader.sampler, "repeats", None),
+            "epoch_batches": len(state.train_dataloader),
         }
 
 
@@ -121,12 +136,14 @@ def test_recipe_runs_as_configured_and_its_algorithms_take_effect(
     standard = trainer.build_callbacks
     monkeypatch.setattr(trainer, "build_callbacks", lambda device: [*standard(device), probe])
     classes = class_count(name)
+    repeats = load_run_recipe(name).data.repeated_augmentation
+    images, steps = (REPEATED_IMAGES, "6ba") if repeats > 1 else (TRAIN_IMAGES, f"{EPOCHS}ep")
     overrides = [
         # The data: a generated folder with the recipe's classes, a class-balanced subset of it.
         *generated_folder(name, image_folders), f"data.cache_dir={tmp_path / 'cache'}",
-        f"data.subset_size={TRAIN_IMAGES}", "data.num_workers=0",
+        f"data.subset_size={images}", "data.num_workers=0",
         # The duration and the batch.
-        f"max_duration={EPOCHS}ep", f"eval_interval={EPOCHS}ep", f"save_interval={EPOCHS}ep",
+        f"max_duration={steps}", f"eval_interval={steps}", f"save_interval={steps}",
         f"global_batch_size={BATCH}",
         # Where the run writes.
         f"save_folder={tmp_path / 'run'}", "save_overwrite=true", "autoresume=false", "logging.progress_bar=false",
@@ -137,6 +154,10 @@ def test_recipe_runs_as_configured_and_its_algorithms_take_effect(
     enabled = enabled_algorithms(config.algorithms)
 
     assert summary["steps"] == EPOCHS * TRAIN_IMAGES // BATCH and summary["num_classes"] == classes
+    assert probe.end["repeats"] == repeats
+    assert (
+        probe.end["epoch_batches"] == images // BATCH
+    )  # RASampler's epoch: 256 images, each 1 / repeats of it
     assert summary["device"] == "cpu" and summary["precision"] == "fp32"  # the stated CPU fallback
     assert (tmp_path / "run" / "latest-rank0.pt").exists()
     full = config.data.train_resolution
@@ -151,14 +172,24 @@ def test_recipe_runs_as_configured_and_its_algorithms_take_effect(
     if "channels_last" in enabled:
         assert probe.end["weights_channels_last"]
     if "ema" in enabled:
-        assert probe.end["ema"] is not None and probe.end["ema_differs"]
-        assert summary["weights_evaluated"] == "ema"
+        # An EMA that starts after this short run (torchvision V2's, at epoch 5) has not started, and the run
+        # evaluated, and says it evaluated, the training weights.
+        start = Time.from_timestring(str(enabled["ema"].get("ema_start", "0.0dur")))
+        started = not (start.unit == TimeUnit.EPOCH and start.value >= EPOCHS)
+        assert probe.end["ema"] is not None and probe.end["ema_started"] == started
+        if started:  # the average trails the trained weights
+            assert probe.end["ema_differs"]
+        assert summary["weights_evaluated"] == ("ema" if started else "raw")
     if "sam" in enabled:
         assert isinstance(probe.end["optimizer"], SAMOptimizer)
         interval = str(enabled["sam"]["interval"])
         if interval.endswith("sp"):  # the recipe's images per SAM step, at this batch
             assert probe.end["sam_interval"] == -(-int(interval.removesuffix("sp")) // BATCH)
     assert probe.end["loss"] is LOSSES[config.model.loss], probe.end["loss"]
+    assert probe.end["flip_tta"] == config.model.flip_tta
+    optimizer = probe.end["optimizer"]
+    trained_by = optimizer.base_optimizer if isinstance(optimizer, SAMOptimizer) else optimizer
+    assert type(trained_by).__name__ == OPTIMIZER_CLASSES[config.optimizer.name], type(trained_by)
 
 
 class PretrainingProbe(Callback):

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from recipes.errors import UsageError
 from recipes.schema import OptimizerConfig, SchedulerConfig
+from tools.planning import lr_at
 from training.optimization import build_optimizer, build_scheduler, scale_learning_rate
 
 
@@ -153,6 +154,32 @@ def test_warmup_cosine_scheduler() -> None:
     scheduler = build_scheduler(cfg, optimizer, "10ep", batches_per_epoch=5, global_batch_size=256)
     assert isinstance(scheduler, CosineAnnealingWithWarmupScheduler)
     assert scheduler.alpha_f == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name", ["cosine_warmup", "linear_warmup", "constant_warmup"])
+def test_warmup_starts_at_warmup_start_times_the_peak_and_rises_linearly(name: str) -> None:
+    """torchvision's LinearLR(start_factor=0.01) and timm's warmup-lr: the first step's LR is the fraction of
+    the peak, the ramp is linear to the peak at the end of warmup, and the main schedule is Composer's as before."""
+    run = OmegaConf.create({"max_duration": "10ep", "global_batch_size": 256})
+    curves = {}
+    for start in (0.0, 0.01):
+        cfg = OmegaConf.merge(
+            OmegaConf.structured(SchedulerConfig), {"name": name, "t_warmup": "2ep", "warmup_start": start}
+        )
+        optimizer, _ = build_optimizer(small_net(), optimizer_cfg(), 256)
+        scheduler = build_scheduler(cfg, optimizer, "10ep", batches_per_epoch=5, global_batch_size=256)
+        curves[start] = [lr_at(scheduler, 1.0, step, run, 5) for step in range(50)]
+    warmed = curves[0.01]
+    assert warmed[0] == pytest.approx(0.01) and curves[0.0][0] == 0.0
+    assert warmed[5] == pytest.approx(0.01 + 0.99 * 5 / 10)  # linear over the 10 warmup steps
+    assert warmed[10:] == pytest.approx(curves[0.0][10:])
+
+
+def test_warmup_start_outside_zero_to_one_is_refused() -> None:
+    cfg = OmegaConf.merge(OmegaConf.structured(SchedulerConfig), {"warmup_start": 1.0})
+    optimizer, _ = build_optimizer(small_net(), optimizer_cfg(), 256)
+    with pytest.raises(UsageError, match=r"scheduler.warmup_start=1.0 must be a fraction of the peak LR"):
+        build_scheduler(cfg, optimizer, "10ep", batches_per_epoch=5, global_batch_size=256)
 
 
 def test_one_cycle_peaks_at_scaled_lr_and_ends_low() -> None:

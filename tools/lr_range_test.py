@@ -36,6 +36,7 @@ from recipes.loading import recipe_to_yaml
 from recipes.schema import Task
 from tools.lr_range_curve import APPLIED_SUGGESTION, Analysis, LossCurve, RangeTestSettings, analyse
 from training.optimization import build_optimizer
+from training.runtime import close_trainer
 from training.trainer import build_task_model, build_trainer, start_run
 
 JSON_FILENAME = "lr_range_test.json"
@@ -286,7 +287,7 @@ def run_range_test(config: DictConfig, recipe_path: Path, settings: RangeTestSet
         log_to_console=False,
     )
     trainer.fit()
-    trainer.close()
+    close_trainer(trainer)
 
     result = RangeTestResult(
         recipe_path=str(recipe_path),

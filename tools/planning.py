@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from composer.core import Time, Timestamp, TimeUnit
 from omegaconf import DictConfig
-from torch.utils.data import DistributedSampler
 
 from algorithms.registry import enabled_algorithms
 from callbacks.findings import Finding
+from data.resumable_sampler import epoch_share
 from model import PREACT_NAMES
 from recipes.errors import UsageError
 from recipes.schema import Task
@@ -279,7 +279,11 @@ def recipe_facts(config: DictConfig, hardware: Hardware) -> tuple[RecipeFacts, D
     data_size, datasets = _data(config)
     per_device = max(1, config.global_batch_size // hardware.world_size)
     batches = batches_per_epoch(
-        data_size.train_images, hardware.world_size, per_device, config.data.drop_last
+        data_size.train_images,
+        hardware.world_size,
+        per_device,
+        config.data.drop_last,
+        config.data.repeated_augmentation,
     )
     if batches < 1:
         raise UsageError(
@@ -290,10 +294,12 @@ def recipe_facts(config: DictConfig, hardware: Hardware) -> tuple[RecipeFacts, D
     return facts, data_size, datasets
 
 
-def batches_per_epoch(train_images: int, world_size: int, per_device_batch: int, drop_last: bool) -> int:
-    """Optimizer steps per epoch: each process's share (torch's DistributedSampler, as the loaders use) in
-    batches of ``per_device_batch``."""
-    share = len(DistributedSampler(range(train_images), num_replicas=world_size, rank=0, drop_last=drop_last))
+def batches_per_epoch(
+    train_images: int, world_size: int, per_device_batch: int, drop_last: bool, repeats: int = 1
+) -> int:
+    """Optimizer steps per epoch: each process's share (the loaders' sampler: torch's DistributedSampler, or
+    RASampler's under repeated augmentation) in batches of ``per_device_batch``."""
+    share = epoch_share(train_images, world_size, drop_last=drop_last, repeats=repeats)
     return share // per_device_batch if drop_last else math.ceil(share / per_device_batch)
 
 

@@ -20,7 +20,7 @@ from data import build_data
 from recipes.errors import UsageError
 from recipes.loading import SAVED_RECIPE
 from training.preflight import load_run_recipe
-from training.runtime import resolve_runtime, start_distributed
+from training.runtime import close_trainer, resolve_runtime, start_distributed
 from training.weights import ModelStates, build_model_for_checkpoint, extract_model_states, read_checkpoint
 
 
@@ -48,7 +48,7 @@ def evaluate_weights(model: Any, dataloader: Any, device: str, precision: str) -
     )
     trainer.eval()
     results = validation_metrics(trainer.state)
-    trainer.close()
+    close_trainer(trainer)
     return results
 
 

@@ -20,6 +20,7 @@ from composer.optim import (
     CosineAnnealingWithWarmupScheduler,
     DecoupledAdamW,
     DecoupledSGDW,
+    LinearScheduler,
     LinearWithWarmupScheduler,
 )
 from omegaconf import DictConfig
@@ -305,6 +306,21 @@ def warmup_steps(
     )
 
 
+def _warm_up_from(scheduler: ComposerScheduler, start: float, t_warmup: str) -> ComposerScheduler:
+    """Composer's warmup schedule, its linear warmup starting at ``start`` x the peak LR instead of at zero.
+
+    Each of Composer's warmup schedules ramps through its ``warmup_scheduler``, a ``LinearScheduler`` from 0 to
+    the level the main schedule starts at (composer/optim/scheduler.py); this one starts from ``start`` instead,
+    as torchvision's LinearLR(start_factor=--lr-warmup-decay) and timm's --warmup-lr do.
+    """
+    if start:
+        ramp = scheduler.warmup_scheduler  # type: ignore[attr-defined]
+        scheduler.warmup_scheduler = LinearScheduler(  # type: ignore[attr-defined]
+            alpha_i=start, alpha_f=ramp.alpha_f, t_max=t_warmup
+        )
+    return scheduler
+
+
 def build_scheduler(
     scheduler_cfg: DictConfig,
     optimizer: torch.optim.Optimizer,
@@ -316,12 +332,24 @@ def build_scheduler(
     recipe's momentum and Composer's weight-decay scaling: ``PeakAnchoredOneCycleLR``)."""
     # Composer's schedulers need a unit; a recipe's bare 0 means no warmup.
     warmup = "0ba" if is_zero(scheduler_cfg.t_warmup, "scheduler.t_warmup") else str(scheduler_cfg.t_warmup)
+    if not 0 <= scheduler_cfg.warmup_start < 1:
+        raise UsageError(
+            f"scheduler.warmup_start={scheduler_cfg.warmup_start} must be a fraction of the peak LR in [0, 1): "
+            "0 warms up from zero (Composer's), 0.01 is torchvision's --lr-warmup-decay."
+        )
     if scheduler_cfg.name == "cosine_warmup":
-        return CosineAnnealingWithWarmupScheduler(t_warmup=warmup, alpha_f=scheduler_cfg.alpha_f)
+        scheduler: ComposerScheduler = CosineAnnealingWithWarmupScheduler(
+            t_warmup=warmup, alpha_f=scheduler_cfg.alpha_f
+        )
+        return _warm_up_from(scheduler, scheduler_cfg.warmup_start, warmup)
     if scheduler_cfg.name == "linear_warmup":
-        return LinearWithWarmupScheduler(t_warmup=warmup, alpha_f=scheduler_cfg.alpha_f)
+        scheduler = LinearWithWarmupScheduler(t_warmup=warmup, alpha_f=scheduler_cfg.alpha_f)
+        return _warm_up_from(scheduler, scheduler_cfg.warmup_start, warmup)
     if scheduler_cfg.name == "constant_warmup":
-        return ConstantWithWarmupScheduler(t_warmup=warmup)
+        constant = ConstantWithWarmupScheduler(t_warmup=warmup)
+        # Composer's constant schedule is a linear one from and to the same level (its .scheduler).
+        _warm_up_from(constant.scheduler, scheduler_cfg.warmup_start, warmup)
+        return constant
     if scheduler_cfg.name == "one_cycle":
         return PeakAnchoredOneCycleLR(
             optimizer,

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 from composer import Trainer
+from composer.algorithms import EMA
 from composer.utils import dist
 
-from algorithms.registry import enabled_algorithms
 from callbacks.knn_monitor import KNN_ACC1, KNN_ACC5
 from callbacks.metric_names import TRAIN_ACC1, validation_metrics
 from callbacks.metrics_file import MetricsFile
@@ -35,7 +35,6 @@ def build_summary(
     run_name: str,
     recipe_path: str,
     lr_plan: LearningRatePlan,
-    algorithms: dict[str, Any],
     wall_time_s: float,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
@@ -56,11 +55,9 @@ def build_summary(
             for name in (TRAIN_ACC1, KNN_ACC1, KNN_ACC5)
             if name in metrics_file.latest
         },
-        # EMA swaps its averaged weights in for every evaluation, so the reported accuracy is the EMA model's
-        # (a pretraining run evaluates nothing).
-        "weights_evaluated": ("ema" if "ema" in enabled_algorithms(algorithms) else "raw")
-        if evaluated
-        else None,
+        # A started EMA swaps its averaged weights in for every evaluation, so the reported accuracy is the EMA
+        # model's; before ema_start it is the training weights' (a pretraining run evaluates nothing).
+        "weights_evaluated": _weights_evaluated(trainer.state) if evaluated else None,
         "epochs": int(timestamp.epoch),
         "steps": int(timestamp.batch),
         "samples_seen": samples,
@@ -94,6 +91,12 @@ def parameters_digest_by_rank(model: torch.nn.Module) -> list[str]:
     """
     digests = dist.all_gather_object(weights_digest(model.parameters()))
     return [str(digest) for digest in digests]
+
+
+def _weights_evaluated(state: Any) -> str:
+    """ "ema" when Composer's EMA had started by the last evaluation (it evaluates its average), else "raw"."""
+    ema = next((algorithm for algorithm in state.algorithms if isinstance(algorithm, EMA)), None)
+    return "ema" if ema is not None and ema.ema_started else "raw"
 
 
 def write_summary(folder: str | Path, summary: dict[str, Any]) -> Path:

@@ -43,11 +43,17 @@ from model import build_moco_model, build_model, chance_loss
 from recipes.durations import run_steps, steps_in
 from recipes.loading import SAVED_RECIPE, recipe_to_yaml
 from recipes.schema import Task
-from training.checkpointing import RunFolders, build_checkpointing, check_autoresume, finished, run_folders
+from training.checkpointing import (
+    RunFolders,
+    build_checkpointing,
+    check_autoresume,
+    finished,
+    run_folders,
+)
 from training.optimization import LearningRatePlan, build_optimizer, build_scheduler, warmup_steps
 from training.preflight import RecipeFacts, check_before_training
 from training.profiling import build_profiler
-from training.runtime import Runtime, agree_on_run_name, resolve_runtime, start_distributed
+from training.runtime import Runtime, agree_on_run_name, close_trainer, resolve_runtime, start_distributed
 from training.summary import build_summary, format_summary, write_summary
 from training.weights import load_linear_probe
 
@@ -230,8 +236,15 @@ class TrainingRun:
         """Train, evaluate the final weights, write ``summary.json`` and return it.
 
         Raises ``Preempted`` after a SIGTERM (the checkpoint saved and uploaded), and ``TrainingStopped`` after
-        the outputs are written when the doctor stopped the run.
+        the outputs are written when the doctor stopped the run. However it ends, the trainer is closed and the
+        process keeps no reference to the run's model (``close_trainer``).
         """
+        try:
+            return self._fit()
+        finally:
+            close_trainer(self.trainer)
+
+    def _fit(self) -> dict[str, Any]:
         trainer, start, data = self.trainer, self.start, self.data
         runtime, folders = start.runtime, start.folders
         if not finished(trainer.state.timestamp, self.config.max_duration):
@@ -248,7 +261,6 @@ class TrainingRun:
             run_name=start.run_name,
             recipe_path=str(self.recipe_path),
             lr_plan=self.lr_plan,
-            algorithms=self.config.algorithms,
             wall_time_s=time.perf_counter() - self.started,
             extra={
                 "num_classes": data.num_classes,
@@ -264,7 +276,7 @@ class TrainingRun:
                 **doctor_summary(self.doctor, trainer.state, weights_finite=weights_finite),
             },
         )
-        trainer.close()
+        close_trainer(trainer)
         write_summary(folders.output, summary)
         say(format_summary(summary))
         if (bad_images := data.bad_images.report()) is not None:
