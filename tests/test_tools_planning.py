@@ -355,7 +355,10 @@ def quoted_ranges(text: str) -> tuple[list[tuple[float, float]], list[tuple[floa
 
 @pytest.mark.parametrize(
     "name",
-    ["colab", "g4dn_xlarge", "g4dn_12xlarge", "troubleshoot_subset", "moco_v3_imagenet", "linear_probe"],
+    [
+        *("colab", "g4dn_xlarge", "g4dn_12xlarge", "troubleshoot_subset", "moco_v3_imagenet", "linear_probe"),
+        *("rsb_a3", "torchvision_v2", "ffcv_rn50_88ep"),
+    ],
 )
 def test_readme_and_recipe_header_quote_the_plan(
     name: str, tmp_path: Path, digits_cache: Path, monkeypatch: pytest.MonkeyPatch

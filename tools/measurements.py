@@ -290,6 +290,8 @@ def sample_datasets(config: DictConfig) -> Iterator[tuple[Dataset, Dataset]]:
                     "subset_size": "full", "max_classes": None, "max_samples_per_class": None,
                     "train_split": "train", "val_split": "val", "index_cache": False, "num_workers": 0,
                     "drop_last": False,
+                    # Repeats change which images an epoch reads, not what one image costs.
+                    "repeated_augmentation": 1,
                 },
             },
         )  # fmt: skip
