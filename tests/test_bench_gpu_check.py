@@ -34,7 +34,12 @@ def test_gpu_check_runs_its_cpu_version_end_to_end(tmp_path: Path) -> None:
 
 
 def test_the_fsdp_run_is_a_valid_command_that_a_cpu_refuses(tmp_path: Path) -> None:
-    """Its overrides load (a wrong key would fail differently) and, without CUDA, the runtime's refusal is reported."""
+    """Its overrides load (a wrong key would fail differently) and, without CUDA, the runtime's refusal is reported.
+
+    Not the exit status itself: Composer's launcher returns the first non-zero code in rank order
+    (composer/cli/launcher.py _aggregate_process_returncode), 2 when rank 0 refused first, 1 or -15 when rank 1
+    refused first and the launcher stopped rank 0; it prints each failed rank's output either way.
+    """
     run = fsdp_run(tmp_path, gpus=2)
-    assert run["status"] == 2 and not run["ok"], run
-    assert "parallelism.strategy=fsdp needs CUDA GPUs" in run["log_tail"]
+    assert run["status"] != 0 and not run["ok"], run
+    assert "parallelism.strategy=fsdp needs CUDA GPUs" in run["log_tail"], run
