@@ -13,6 +13,7 @@ checkpoint cadence and data-loader workers, which do not change what is trained.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,24 +274,35 @@ def expected_algorithms(recipe: str, algorithms: dict[str, Any]) -> dict[str, An
 
 
 def same(value: Any, expected: Any) -> bool:
+    """Floats to 1e-9, lists element by element, tables (an algorithm's arguments) key by key."""
     if isinstance(expected, float) or isinstance(value, float):
         return value == pytest.approx(expected, rel=1e-9)
     if isinstance(expected, list):
-        return len(value) == len(expected) and all(map(same, value, expected))
+        return isinstance(value, list) and len(value) == len(expected) and all(map(same, value, expected))
+    if isinstance(expected, dict):
+        return (
+            isinstance(value, dict)
+            and value.keys() == expected.keys()
+            and all(same(value[key], expected[key]) for key in expected)
+        )
     return value == expected
 
 
 def departures(
-    config: DictConfig, table: dict[str, Published], changes: dict[str, Change], algorithms: Any = None
+    config: DictConfig,
+    table: dict[str, Published],
+    changes: dict[str, Change],
+    algorithms: Any = None,
+    resolve: Callable[[DictConfig, str], Any] = resolved,
 ) -> list[str]:
-    """Each key of ``table`` whose resolved value is neither the published one nor its listed change, as a line
-    naming the source; ``algorithms`` is the expected algorithm set when the table has an "algorithms" row."""
+    """Each key of ``table`` whose value (``resolve``: as the run applies it) is neither the published one nor its
+    listed change, as a line naming the source; ``algorithms``, when given, is the expected algorithm set."""
     wrong = []
     for key, published in table.items():
         expected = changes[key].value if key in changes else published.value
-        if key == "algorithms":
+        if key == "algorithms" and algorithms is not None:
             expected = algorithms
-        value = resolved(config, key)
+        value = resolve(config, key)
         if not same(value, expected):
             wrong.append(
                 f"{key}: {value!r}, expected {expected!r} (published {published.value!r}, {published.source})"
