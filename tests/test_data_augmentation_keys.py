@@ -159,6 +159,16 @@ def test_timm_rand_augment_is_timms_own_as_its_imagenet_training_transform_build
         ).transforms
         if isinstance(step, RandAugment)
     )
+
+    # Op by op, every setting (a few draws need not reach the translations, whose range is the resolution's).
+    def settings(policy: RandAugment) -> list[tuple]:
+        return [
+            (op.name, op.prob, op.magnitude, op.magnitude_std, op.magnitude_max, op.hparams, op.kwargs)
+            for op in policy.ops
+        ]
+
+    assert (ours.num_layers, ours.choice_weights) == (timms.num_layers, timms.choice_weights)
+    assert settings(ours) == settings(timms)
     image = photo(size=(160, 160))
     outputs = []
     for policy in (ours, timms):
