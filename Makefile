@@ -14,10 +14,11 @@ $(PY):
 
 # The marker is rebuilt when pyproject.toml changes, so a second `make` does not reinstall.
 # mosaicml-streaming goes in without its declared dependencies (why: pyproject.toml); those it imports are there.
+# --no-cache-dir: torch's CUDA wheels are ~4 GB; a cached second copy of them once filled a CI machine's disk.
 STREAMING := mosaicml-streaming==0.13.0
 $(VENV)/.installed: pyproject.toml Makefile | $(PY)
-	$(PY) -m pip install -e ".[test]"
-	$(PY) -m pip install --no-deps "$(STREAMING)"
+	$(PY) -m pip install --no-cache-dir -e ".[test]"
+	$(PY) -m pip install --no-cache-dir --no-deps "$(STREAMING)"
 	touch $@
 
 install: $(VENV)/.installed

@@ -195,8 +195,11 @@ def test_subset_keys_are_refused_with_the_converter_as_the_fix(
 def test_smoke_recipe_streamed_from_s3_by_two_processes_passes_its_bar_through_a_preemption(
     s3_endpoint: str, digits_mds: Path, digits_cache: Path, tmp_path: Path, aws_env: None
 ) -> None:
-    """The smoke recipe as written, its data the digits' MDS shards on the loopback S3 server, under
-    ``composer -n 2``: SIGTERM to rank 1 in the second epoch, a relaunch with autoresume, and the smoke bar."""
+    """The smoke recipe as written but for its length, its data the digits' MDS shards on the loopback S3 server,
+    under ``composer -n 2``: SIGTERM in the second epoch, a relaunch with autoresume, and the smoke bar.
+
+    4 of the recipe's 10 epochs clear the bar (0.947 top-1 here, in 269 s against 630 s for all 10): the point
+    is that streamed, resumed data trains as the folder does; the full length is tests/conftest.py's smoke_run."""
     bucket = upload(s3_endpoint, digits_mds)
     environment = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
     environment["CUDA_VISIBLE_DEVICES"] = ""
@@ -204,7 +207,7 @@ def test_smoke_recipe_streamed_from_s3_by_two_processes_passes_its_bar_through_a
     command = [
         str(COMPOSER), "-n", "2", "train.py", "smoke", "data.source=streaming", f"data.remote=s3://{bucket}/digits",
         f"data.local={tmp_path}/cache", f"s3_endpoint_url={s3_endpoint}", f"save_folder={folder}",
-        "run_name=streamed", "logging.progress_bar=false",
+        "run_name=streamed", "logging.progress_bar=false", "max_duration=4ep",
     ]  # fmt: skip
 
     def launch(*extra: str) -> subprocess.Popen:
