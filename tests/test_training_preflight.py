@@ -79,6 +79,13 @@ NO_SAM = "algorithms.sam=null"
             "ema_half_life_longer_than_run warning",
         ),
         ("smoke", ["algorithms.ema.half_life=50ba"], GPU, None),
+        # EMA started late (as torchvision V2's): 50 steps against the 20 left after ema_start.
+        (
+            "smoke",
+            ["algorithms.ema.half_life=50ba", "algorithms.ema.ema_start=0.98dur"],
+            GPU,
+            "ema_half_life_longer_than_run warning",
+        ),
         # Samples are steps at the recipe's batch of 32: 2,000 and 50 steps against the run's 1,000.
         ("smoke", ["algorithms.ema.half_life=64000sp"], GPU, "ema_half_life_longer_than_run warning"),
         ("smoke", ["algorithms.ema.half_life=1600sp", "algorithms.ema.update_interval=320sp"], GPU, None),
