@@ -1,12 +1,14 @@
 # Two commands do all set-up on a fresh machine:
 #   make train   create .venv if missing, install, train the default (CPU smoke) recipe, evaluate its checkpoint
-#   make test    create .venv if missing, install with test extras, run the test suite
+#   make test    create .venv if missing, install with test extras, lint, run every unit and mechanism test
+# and CI runs one more (.ci/run):
+#   make proof   the end-to-end claims (tests/proof/): recipes reaching their bars, multi-process resume, ...
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/smoke-default
 
-.PHONY: train test install lint bench-smoke bench-data bench-index bench-streaming bench-gpu bench-stack gpu-check clean
+.PHONY: train test proof install lint bench-smoke bench-data bench-index bench-streaming bench-gpu bench-stack gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +29,23 @@ train: install
 	$(PY) train.py recipes/smoke.yaml run_name=smoke-default save_folder=$(RUN_DIR) save_overwrite=true
 	$(PY) evaluate.py --checkpoint $(RUN_DIR)/latest-rank0.pt --output $(RUN_DIR)/eval.json
 
-test: install
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q
+# Each tier's per-test limit (fixtures included): a hang fails with its traceback instead of stalling CI. A
+# mechanism test over a minute belongs in make proof or gets cheaper (docs/testing.md).
+TEST_TIMEOUT_S ?= 180
+PROOF_TIMEOUT_S ?= 900
+PYTEST_ARGS ?=
+
+# Runs $(1), then prints its wall time as the last line, whatever its exit status.
+timed = start=$$(date +%s); $(1); status=$$?; elapsed=$$(( $$(date +%s) - start )); \
+	echo "$(2): $$(( elapsed / 60 )) min $$(( elapsed % 60 )) s wall time ($(3)), exit status $$status"; exit $$status
+
+test:
+	@$(call timed,$(MAKE) --no-print-directory install && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . \
+	&& $(PY) -m pytest -q -m "not proof" --timeout=$(TEST_TIMEOUT_S) $(PYTEST_ARGS),make test,install + lint + tests)
+
+proof:
+	@$(call timed,$(MAKE) --no-print-directory install \
+	&& $(PY) -m pytest -q -m proof --timeout=$(PROOF_TIMEOUT_S) $(PYTEST_ARGS),make proof,install + end-to-end tests)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

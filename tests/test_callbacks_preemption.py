@@ -1,7 +1,8 @@
 """Preemption and exact resume (callbacks.preemption, data.resumable_sampler) and scripts/run_until_done.sh.
 
-The end-to-end tests run train.py as a user would, in subprocesses, stop it with a real signal, relaunch it with
-autoresume=true and compare the final weights and every logged metric with a run that was never interrupted. The
+The resume tests stop train.py with a real signal (a subprocess where the signal's delivery is the point: SIGTERM
+to a process group with DataLoader workers, SIGKILL; in this process otherwise), relaunch it with autoresume=true
+and compare the final weights and every logged metric with a run that was never interrupted. The
 tiny recipe keeps everything that draws random numbers: random crops and flips, Composer's RandAugment (numpy, in
 the data loader) and MixUp (numpy and torch, in the training process).
 """
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -134,26 +136,25 @@ def assert_same_run(folder: Path, reference: Path, lines_lost_up_to: int = 0) ->
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny recipe run once from start to end, with no DataLoader workers."""
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tiny recipe run once from start to end, in this process, with no DataLoader workers (the relaunches
+    below, with or without workers, in a subprocess or not, must end exactly where it ends)."""
     folder = tmp_path_factory.mktemp("uninterrupted") / "run"
-    assert finish(launch(folder, workers=0)) == 0, folder.with_suffix(".log").read_text()
-    return folder
+    with deterministic_settings_restored():
+        assert train.main(tiny_recipe(folder, workers=0)) == 0
+    yield folder
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_sigterm_checkpoints_at_the_next_batch_and_the_relaunch_ends_identical(
-    uninterrupted: Path, tmp_path: Path, workers: int
+def test_sigterm_to_the_process_group_checkpoints_at_the_next_batch_and_the_relaunch_ends_identical(
+    uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_torch_settings: None
 ) -> None:
+    """A real SIGTERM to a real run's whole process group, as systemd and Slurm send it: the DataLoader worker
+    gets it too and must leave the stopping to the trainer. The relaunch runs in this process (what it tests is
+    the resume, not the signal)."""
     folder = tmp_path / "run"
-    # With workers, SIGTERM goes to the whole process group, as systemd and Slurm send it: the DataLoader
-    # workers get it too, and must leave the stopping to the trainer.
-    process = launch(folder, workers, own_group=workers > 0)
+    process = launch(folder, workers=1, own_group=True)
     wait_until(logged_step(folder, 2), process)
-    if workers > 0:
-        os.killpg(process.pid, signal.SIGTERM)
-    else:
-        process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)
     assert finish(process) == PREEMPTED_EXIT_STATUS
     log = folder.with_suffix(".log").read_text()
     lines = [line for line in log.splitlines() if line.startswith("preempted at epoch")]
@@ -162,17 +163,18 @@ def test_sigterm_checkpoints_at_the_next_batch_and_the_relaunch_ends_identical(
     assert Path(checkpoint).is_file(), lines[0]
     assert "relaunch the same command to resume with autoresume=true" in lines[0]
 
-    assert finish(launch(folder, workers, "autoresume=true")) == 0
-    assert f"resuming from {checkpoint}" in folder.with_suffix(".log").read_text()
+    capsys.readouterr()
+    assert train.main(tiny_recipe(folder, 1, "autoresume=true")) == 0
+    assert f"resuming from {checkpoint}" in capsys.readouterr().out
     assert_same_run(folder, uninterrupted)
 
 
-@pytest.mark.parametrize("workers", [0, 1])
 def test_sigkill_after_a_checkpoint_and_the_relaunch_ends_identical(
-    uninterrupted: Path, tmp_path: Path, workers: int
+    uninterrupted: Path, tmp_path: Path, keep_torch_settings: None
 ) -> None:
+    """SIGKILL gives the run no chance to save: the relaunch resumes from the last periodic checkpoint."""
     folder = tmp_path / "run"
-    process = launch(folder, workers, own_group=True)
+    process = launch(folder, workers=0, own_group=True)
     # ep0-ba2: half way through the first epoch. Composer links latest-rank0.pt once the file is written, so
     # waiting for the link (not the file, which appears first) kills the run after a complete checkpoint.
     latest = folder / "latest-rank0.pt"
@@ -180,19 +182,28 @@ def test_sigkill_after_a_checkpoint_and_the_relaunch_ends_identical(
     os.killpg(process.pid, signal.SIGKILL)
     assert finish(process) == -signal.SIGKILL
     last_saved = int(latest.resolve().name.split("-ba")[1].split("-")[0])
-    assert finish(launch(folder, workers, "autoresume=true")) == 0
+    assert train.main(tiny_recipe(folder, 0, "autoresume=true")) == 0
     assert_same_run(folder, uninterrupted, lines_lost_up_to=last_saved)
+
+
+@contextmanager
+def deterministic_settings_restored() -> Iterator[None]:
+    """Composer's deterministic mode switches torch-wide settings on; put them back afterwards."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 @pytest.fixture
 def keep_torch_settings() -> Iterator[None]:
-    """Composer's deterministic mode switches torch-wide settings on; put them back for the tests after this one."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    yield
-    torch.use_deterministic_algorithms(deterministic)
-    if cublas is None:
-        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    """For the tests after this one: the settings of Composer's deterministic mode undone."""
+    with deterministic_settings_restored():
+        yield
 
 
 def sigterm_during_batch(monkeypatch: pytest.MonkeyPatch, batch: int) -> None:

@@ -269,7 +269,7 @@ def test_build_doctor_reads_warmup_and_grace_from_the_recipe(tmp_path: Path) -> 
     "recipe", [name for name in available_recipes() if load_run_recipe(name).task == "supervised"]
 )
 def test_two_batches_at_chance_of_every_recipe_fire_nothing(recipe: str, tmp_path: Path) -> None:
-    # What a few-batch run of a recipe shows the doctor (tests/test_recipes_as_configured.py): 100 classes, the
+    # What a few-batch run of a recipe shows the doctor (tests/proof/test_recipes_run_as_configured.py): 100 classes, the
     # recipe's loss near its chance value (ln 100 for cross-entropy; the BCEs' own).
     config = load_run_recipe(recipe, ["max_duration=2ba", "global_batch_size=8"])
     [doctor] = build_doctor(config, 100, tmp_path, batches_per_epoch=2)
@@ -428,12 +428,3 @@ def test_nan_loss_stops_the_run_saves_it_for_inspection_and_exits_3(
     out = capsys.readouterr().out
     assert "error [loss_not_finite] at step 25" in out and "Nothing points at one cause" in out
     assert "stopped by the training doctor" in out
-
-
-def test_healthy_smoke_run_has_no_findings_and_logs_grad_norm(smoke_run: dict[str, Any]) -> None:
-    folder: Path = smoke_run["folder"]
-    assert smoke_run["summary"]["doctor_findings"] == 0 and smoke_run["summary"]["findings"] == []
-    assert doctor_codes(folder) == []
-    train_lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    norms = [line["train/grad_norm"] for line in train_lines if line["phase"] == "train"]
-    assert norms and all(isinstance(norm, float) and norm > 0 for norm in norms)

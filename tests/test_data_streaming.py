@@ -6,44 +6,22 @@ a missing bucket and shards written without this project's index metadata.
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import boto3
-import psutil
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from callbacks.metrics_file import last_logged_step
 from data import build_data
 from recipes.errors import UsageError
 from recipes.schema import RecipeConfig
-from tests.script_modules import load_script
-from tests.test_ddp import COMPOSER, LAUNCHER_VARIABLES, REPO
-from tests.test_train import SMOKE_ACCURACY_BAR
-
-convert_to_mds = load_script("convert_to_mds")
 
 BATCH = 16
-
-
-@pytest.fixture(scope="module")
-def digits_mds(tmp_path_factory: pytest.TempPathFactory, digits_cache: Path) -> Path:
-    """The smoke recipe's digits as MDS shards in a folder (a remote Streaming copies from), groups of 300."""
-    out = tmp_path_factory.mktemp("digits-mds")
-    status = convert_to_mds.main(
-        ["smoke", f"data.cache_dir={digits_cache}", "--out", str(out), "--workers", "1", "--group-size", "300",
-         "--shard-size", "256kb", "--verify", "0"]
-    )  # fmt: skip
-    assert status == 0
-    return out
 
 
 def recipe(digits_cache: Path, **data: object):
@@ -190,51 +168,3 @@ def test_subset_keys_are_refused_with_the_converter_as_the_fix(
 ) -> None:
     with pytest.raises(UsageError, match=r"data\.subset_size.*convert the subset"):
         build_data(streaming(digits_cache, digits_mds, tmp_path / "cache", subset_size="tiny"))
-
-
-def test_smoke_recipe_streamed_from_s3_by_two_processes_passes_its_bar_through_a_preemption(
-    s3_endpoint: str, digits_mds: Path, digits_cache: Path, tmp_path: Path, aws_env: None
-) -> None:
-    """The smoke recipe as written but for its length, its data the digits' MDS shards on the loopback S3 server,
-    under ``composer -n 2``: SIGTERM in the second epoch, a relaunch with autoresume, and the smoke bar.
-
-    4 of the recipe's 10 epochs clear the bar (0.947 top-1 when measured): the point is that streamed, resumed
-    data trains as the folder does; the full length is tests/conftest.py's smoke_run."""
-    bucket = upload(s3_endpoint, digits_mds)
-    environment = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
-    environment["CUDA_VISIBLE_DEVICES"] = ""
-    folder = tmp_path / "run"
-    command = [
-        str(COMPOSER), "-n", "2", "train.py", "smoke", "data.source=streaming", f"data.remote=s3://{bucket}/digits",
-        f"data.local={tmp_path}/cache", f"s3_endpoint_url={s3_endpoint}", f"save_folder={folder}",
-        "run_name=streamed", "logging.progress_bar=false", "max_duration=4ep",
-    ]  # fmt: skip
-
-    def launch(*extra: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [*command, *extra], cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
-        )  # fmt: skip
-
-    first = launch()
-    deadline = time.monotonic() + 600
-    while last_logged_step(folder / "metrics.jsonl") < 60:  # 44 steps an epoch: part-way through the second
-        assert first.poll() is None, first.communicate()[0][-4000:]
-        assert time.monotonic() < deadline, "no progress in 600 s"
-        time.sleep(0.05)
-    # As a spot interruption or scripts/run_until_done.sh delivers it: SIGTERM to the launcher's whole process
-    # group. The launcher has no handler and dies at once (Composer's); both ranks save and exit 75.
-    ranks = psutil.Process(first.pid).children()
-    os.killpg(first.pid, signal.SIGTERM)
-    output = first.communicate(timeout=300)[0]  # ends when the ranks, which hold the pipe, have exited
-    assert len(ranks) == 2 and not psutil.wait_procs(ranks, timeout=60)[1]
-    assert re.search(r"preempted at epoch 1 batch \d+ .*checkpoint saved", output), output[-4000:]
-
-    second = launch("autoresume=true")
-    output = second.communicate(timeout=900)[0]
-    assert second.returncode == 0, output[-4000:]
-    assert "resuming from" in output and "(batch " in output
-    summary = json.loads((folder / "summary.json").read_text())
-    # Streaming pads an epoch to a multiple of the ranks: the 1437 training digits become 2 x 719, one seen twice.
-    assert summary["world_size"] == 2 and summary["train_images"] == 1438
-    assert summary["val/acc1"] >= SMOKE_ACCURACY_BAR, summary

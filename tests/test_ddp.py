@@ -127,10 +127,8 @@ def launch(processes: int, base: Path, extra: list[str]) -> Run:
     return finished_run(folders[0], {0: output, **others})
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """The reference: one process, the 4-image global batch in microbatches of one image."""
-    folder = tmp_path_factory.mktemp("one_process")
+def train_one_process(folder: Path) -> Run:
+    """The reference, in this process: the 4-image global batch in microbatches of one image."""
     status = train.main(
         ["smoke", *overrides(1), "device_train_microbatch_size=1", f"save_folder={folder}", "run_name=one"]
     )
@@ -139,15 +137,14 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """2 ranks of 2 images each, microbatched at half the per-device batch (one image)."""
-    return launch(2, tmp_path_factory.mktemp("two_processes"), ["device_train_microbatch_size=1"])
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return train_one_process(tmp_path_factory.mktemp("one_process"))
 
 
 @pytest.fixture(scope="module")
-def four_processes(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """4 ranks of one image each, no microbatches: the same BatchNorm calls as the microbatched 2 ranks."""
-    return launch(4, tmp_path_factory.mktemp("four_processes"), [])
+def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """2 ranks of 2 images each, microbatched at half the per-device batch (one image)."""
+    return launch(2, tmp_path_factory.mktemp("two_processes"), ["device_train_microbatch_size=1"])
 
 
 def assert_same_training(run: Run, reference: Run) -> None:
@@ -179,35 +176,15 @@ def test_two_processes_report_the_val_metrics_of_one_process(one_process: Run, t
     assert_close_val_metrics(two_processes, one_process)
 
 
-def test_microbatching_under_two_processes_matches_no_microbatching(
-    two_processes: Run, four_processes: Run
-) -> None:
-    """Half-batch microbatches on 2 ranks against 4 ranks without microbatches: the same 4-image global batch
-    and the same one-image BatchNorm calls, so the only difference is the gradient accumulation itself."""
-    assert two_processes.summary["device_train_microbatch_size"] == 1
-    assert four_processes.summary["device_train_microbatch_size"] is None
-    assert four_processes.summary["per_device_batch_size"] == 1
-    assert_same_training(two_processes, four_processes)
-    assert_close_val_metrics(two_processes, four_processes)
-
-
-@pytest.mark.parametrize("run_name", ["two_processes", "four_processes"])
-def test_every_rank_ends_with_the_checkpointed_parameters(
-    run_name: str, request: pytest.FixtureRequest
-) -> None:
-    run: Run = request.getfixturevalue(run_name)
+def assert_every_rank_ends_with_the_checkpointed_parameters(run: Run) -> None:
     digests = run.summary["parameters_sha256_by_rank"]
     assert len(digests) == run.summary["world_size"] and len(set(digests)) == 1, digests
     assert weights_digest(run.parameters().values()) == digests[0]
 
 
-@pytest.mark.parametrize("run_name", ["two_processes", "four_processes"])
-def test_eval_counts_each_val_image_once(
-    run_name: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+def assert_eval_counts_each_val_image_once(run: Run, tmp_path: Path) -> None:
     """The ranks' metrics are reduced without the sampler's padding: one process evaluating the checkpoint
     image by image gets exactly the reported numbers."""
-    run: Run = request.getfixturevalue(run_name)
     output = tmp_path / "eval.json"
     checkpoint = run.folder / "latest-rank0.pt"
     assert evaluate.main(["--checkpoint", str(checkpoint), "eval_batch_size=1", "--output", str(output)]) == 0
@@ -217,9 +194,7 @@ def test_eval_counts_each_val_image_once(
         assert run.summary[key] == pytest.approx(alone[key], rel=1e-5, abs=1e-6), key
 
 
-@pytest.mark.parametrize("run_name", ["two_processes", "four_processes"])
-def test_only_rank_zero_writes_and_prints(run_name: str, request: pytest.FixtureRequest) -> None:
-    run: Run = request.getfixturevalue(run_name)
+def assert_only_rank_zero_writes_and_prints(run: Run) -> None:
     assert {path.name for path in run.folder.iterdir()} >= {"recipe.yaml", "metrics.jsonl", "summary.json"}
     assert [line["step"] for line in run.lines if line["phase"] == "train"] == list(range(1, STEPS + 1))
     # One eval, at the end of training: the run does not evaluate the same final weights again.
@@ -229,3 +204,15 @@ def test_only_rank_zero_writes_and_prints(run_name: str, request: pytest.Fixture
     for rank, stdout in run.stdout_by_rank.items():
         if rank:
             assert "Run summary" not in stdout and "process(es) x batch" not in stdout, (rank, stdout)
+
+
+def test_every_rank_ends_with_the_checkpointed_parameters(two_processes: Run) -> None:
+    assert_every_rank_ends_with_the_checkpointed_parameters(two_processes)
+
+
+def test_eval_counts_each_val_image_once(two_processes: Run, tmp_path: Path) -> None:
+    assert_eval_counts_each_val_image_once(two_processes, tmp_path)
+
+
+def test_only_rank_zero_writes_and_prints(two_processes: Run) -> None:
+    assert_only_rank_zero_writes_and_prints(two_processes)

@@ -31,7 +31,7 @@ from tests.test_ddp import COMPOSER, LAUNCHER_VARIABLES
 
 pytestmark = pytest.mark.usefixtures("aws_env")  # dummy credentials, nothing from ~/.aws
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUN_NAME = "two-nodes"
 NODES = 2
 # Two epochs of 8 steps, a global batch of 4 (2 images per node) of 32 px synthetic images, on resnet18.

@@ -17,7 +17,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "colab_sanity_test.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "colab_sanity_test.ipynb"
 KERNEL_NAME = "mosaic-resnet50-tests"
 CELL_TIMEOUT_S = 300
 

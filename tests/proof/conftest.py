@@ -1,0 +1,40 @@
+"""The end-to-end tier: checked for the disk and memory it needs before any of it starts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import psutil
+import pytest
+
+# Measured over a whole `make proof` on 2 cores (docs/testing.md): the temporary folders peak at ~1.1 GB and the
+# four-rank DDP run holds ~4.5 GB of memory; each is doubled here for what the machine itself needs.
+NEEDED_FREE_DISK_GB = 3.0
+NEEDED_AVAILABLE_MEMORY_GB = 8.0
+
+
+def shortfalls(temporary: Path) -> list[str]:
+    """What this machine lacks for the proof tier, one sentence each; empty when it has enough."""
+    missing = []
+    free_disk = shutil.disk_usage(temporary).free / 1e9
+    if free_disk < NEEDED_FREE_DISK_GB:
+        missing.append(
+            f"{free_disk:.1f} GB free on the disk of {temporary}, {NEEDED_FREE_DISK_GB:.0f} GB needed "
+            "(free some space, or point pytest's --basetemp at a larger disk)"
+        )
+    memory = psutil.virtual_memory().available / 1e9
+    if memory < NEEDED_AVAILABLE_MEMORY_GB:
+        missing.append(
+            f"{memory:.1f} GB of memory available, {NEEDED_AVAILABLE_MEMORY_GB:.0f} GB needed (close other programs)"
+        )
+    return missing
+
+
+@pytest.fixture(scope="session", autouse=True)
+def enough_resources(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Stops `make proof` before its first test when the machine is short of disk or memory: better than a run
+    killed an hour in."""
+    missing = shortfalls(tmp_path_factory.getbasetemp())
+    if missing:
+        pytest.exit("make proof cannot run here: " + "; ".join(missing), returncode=3)
