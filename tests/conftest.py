@@ -142,6 +142,40 @@ def digits_mds(tmp_path_factory: pytest.TempPathFactory, digits_cache: Path) -> 
     return out
 
 
+# The step-time breakdown's profiler window inside the two-rank DDP run's four steps (the first three): profiling
+# adds traces and timing hooks, and changes nothing that is trained.
+PROFILED = ["profiler.enabled=true", "profiler.skip_first=0", "profiler.warmup=0", "profiler.active=3"]
+
+
+@pytest.fixture(scope="session")
+def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``composer -n 2 train.py`` once (tests/test_ddp.py's run): 2 ranks of 2 images each, microbatched at half
+    the per-device batch (one image), profiled, so the DDP tests and the step breakdown's share one launch."""
+    from tests.test_ddp import launch
+
+    return launch(2, tmp_path_factory.mktemp("two_processes"), ["device_train_microbatch_size=1", *PROFILED])
+
+
+@pytest.fixture(scope="session")
+def two_rank_checks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``composer -n 2 tests/two_rank_checks.py`` run once: the MoCo step's results in ``moco/``, the FSDP
+    check's in ``fsdp/`` (``rank0.pt``, ``rank1.pt`` in each)."""
+    import os
+    import subprocess
+
+    from tests.test_ddp import COMPOSER, LAUNCH_TIMEOUT_S, LAUNCHER_VARIABLES, REPO
+
+    folder = tmp_path_factory.mktemp("two-ranks")
+    environment = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
+    environment["CUDA_VISIBLE_DEVICES"] = ""
+    command = [str(COMPOSER), "-n", "2", "tests/two_rank_checks.py", str(folder)]
+    done = subprocess.run(
+        command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return folder
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on a free loopback port, shared by the session (each test uses its own buckets or paths)."""

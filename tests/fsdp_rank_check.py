@@ -1,5 +1,5 @@
-"""One rank of ``tests/test_training_parallelism.py``'s two-rank FSDP test, started by Composer's launcher
-(``composer -n 2 tests/fsdp_rank_check.py FOLDER``).
+"""One rank of ``tests/test_training_parallelism.py``'s two-rank FSDP test, run by ``tests/two_rank_checks.py``
+under Composer's launcher.
 
 Composer 0.32.1's FSDP wrapper needs CUDA (it passes ``device_id=torch.cuda.current_device()``), so this wraps the
 recipe's model the way that wrapper does, with PyTorch's own FSDP1 on the CPU over gloo: each child of the Composer
@@ -11,10 +11,7 @@ share of the flat parameters, and the full weights after one SGD step on the ran
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 from composer.core import Precision
@@ -105,7 +102,3 @@ def main(folder: Path) -> None:
          "images": images, "targets": targets},
         folder / f"rank{rank}.pt",
     )  # fmt: skip
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]))

@@ -1,14 +1,11 @@
-"""One rank of ``tests/test_model_moco.py``'s two-rank test, started by Composer's launcher (``composer -n 2
-tests/moco_rank_step.py FOLDER``): the process group is Composer's, joined as ``train.py`` joins it, and the
+"""One rank of ``tests/test_model_moco.py``'s two-rank test, run by ``tests/two_rank_checks.py`` under Composer's
+launcher: the process group is Composer's, joined as ``train.py`` joins it, and the
 keys go through ``model.gather_keys`` as in training. The rank's half of the global batch goes through forward,
 loss and backward; its loss, gathered keys and gradients are saved to ``FOLDER/rank{R}.pt``."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 from composer.utils import dist, get_device
@@ -29,7 +26,3 @@ def main(folder: Path) -> None:
     loss.backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     torch.save({"loss": loss.detach(), "keys1": outputs.keys1, "grads": grads}, folder / f"rank{rank}.pt")
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]))

@@ -211,14 +211,16 @@ def test_output_std_ratio_is_one_for_spread_keys_and_zero_for_one_vector() -> No
 # ---- planted faults in tiny pretraining runs ----
 
 
-# No checkpoints (Composer's interval check returns False for a zero interval, composer/utils/misc.py:107): the
-# doctor does not read them, and writing two ResNet-50s and LARS state is most of a tiny run.
+# No checkpoints (Composer's interval check returns False for a zero interval, composer/utils/misc.py:107) and no
+# k-NN monitor: the doctor reads neither, and writing two ResNet-50s and LARS state, or embedding the 1,797 digits
+# at step 0, is most of a tiny run.
 TINY = [
     "data.subset_size=16",
     "global_batch_size=8",
     "data.num_workers=0",
     "logging.progress_bar=false",
     "save_interval=0ep",
+    "moco.knn_interval=null",
 ]
 
 

@@ -4,8 +4,6 @@ delays in the phase they were planted in; under ``composer -n 2`` both ranks' tr
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.step_breakdown import BREAKDOWN_FILE, covered_seconds
 from recipes.schema import ProfilerConfig
-from tests.test_ddp import COMPOSER, LAUNCHER_VARIABLES, REPO
+from tests.test_ddp import Run
 from training.profiling import build_profiler
 
 DATA_DELAY_S = 0.06
@@ -78,25 +76,18 @@ def test_planted_delays_land_in_their_phase_and_only_the_window_is_traced(tmp_pa
     assert len(steps) == 3 and all(step["dur"] >= 1e6 * OPTIMIZER_DELAY_S for step in steps)  # microseconds
 
 
-def test_two_ranks_write_their_traces_and_the_all_reduce_time(tmp_path: Path) -> None:
-    environment = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
-    environment["CUDA_VISIBLE_DEVICES"] = ""
-    folder = tmp_path / "run"
-    command = [
-        str(COMPOSER), "-n", "2", "train.py", "smoke", "device=cpu", "model.name=resnet18", "data.source=synthetic",
-        "data.num_classes=10", "data.synthetic_train_samples=160", "data.synthetic_val_samples=8",
-        "data.train_resolution=32", "data.eval_resolution=32", "data.num_workers=0", "global_batch_size=16",
-        "max_duration=1ep", "eval_interval=1ep", f"save_folder={folder}", "logging.progress_bar=false",
-        "profiler.enabled=true", "profiler.active=3",
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+def test_two_ranks_write_their_traces_and_the_all_reduce_time(two_processes: Run) -> None:
+    """The profiled two-rank DDP run (tests/conftest.py's two_processes, three profiled steps of four)."""
+    folder = two_processes.folder
     ranks = json.loads((folder / "profiler" / BREAKDOWN_FILE).read_text())["ranks"]
     assert [rank["steps"] for rank in ranks] == [3, 3]
     for rank in ranks:  # DDP's gradient buckets went through the timed hook on both ranks
         assert rank["all_reduce_ms"] > 0 and rank["all_reduce_buckets_per_step"] >= 1
         assert rank["backward_ms"] > 0 and rank["forward_ms"] > 0
-    assert "all-reduce in flight per step" in done.stdout and "rank 1" in done.stdout
+    assert (
+        "all-reduce in flight per step" in two_processes.stdout_by_rank[0]
+        and "rank 1" in two_processes.stdout_by_rank[0]
+    )
     for rank in (0, 1):
         (trace,) = (folder / "profiler" / "torch").glob(f"rank{rank}.*.pt.trace.json")
         names = [event.get("name", "") for event in json.loads(trace.read_text())["traceEvents"]]

@@ -332,9 +332,12 @@ def test_an_fp16_step_skipped_for_inf_gradients_is_not_fatal(tmp_path: Path) -> 
 
 # ---- planted faults in short digits runs ----
 
+# The smoke recipe at half its batch for 20 batches, its warmup and the doctor's grace and smoothing window cut to
+# match: each rule gets its chance to fire (warmup, grace, one evaluation at the end) and nothing more.
 SHORT_RUN = [
-    "global_batch_size=16", "max_duration=40ba", "scheduler.t_warmup=10ba", "doctor.chance_grace=20ba",
-    "eval_interval=40ba", "save_interval=20ba", "logging.progress_bar=false", "data.num_workers=0",
+    "global_batch_size=16", "max_duration=20ba", "scheduler.t_warmup=5ba", "doctor.chance_grace=10ba",
+    "doctor.smoothing_batches=10",
+    "eval_interval=20ba", "save_interval=10ba", "logging.progress_bar=false", "data.num_workers=0",
     "logging.metrics_every_n_batches=1",
 ]  # fmt: skip
 SMOKE_BASE_LR = 0.008
@@ -396,7 +399,7 @@ def test_learning_rate_10000x_too_low_is_found_at_chance(tmp_path: Path, digits_
     assert status == 0
     assert "loss_at_chance" in doctor_codes(tmp_path)
     [finding] = [finding for finding in summary["findings"] if finding["code"] == "loss_at_chance"]
-    assert finding["step"] == 30  # 10 batches of warmup + 20 of grace
+    assert finding["step"] == 15  # 5 batches of warmup + 10 of grace
 
 
 def test_shuffled_labels_are_found_at_chance_accuracy(
@@ -415,16 +418,16 @@ def test_nan_loss_stops_the_run_saves_it_for_inspection_and_exits_3(
     planted: Callable[..., list[Callback]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    planted(NaNLoss(step=25))
+    planted(NaNLoss(step=13))
     status, summary = short_run(tmp_path, digits_cache)
     assert status == DOCTOR_STOPPED_EXIT_STATUS
     assert doctor_codes(tmp_path) == ["loss_not_finite"]
-    assert summary["steps"] == 25 and summary["stopped_by_doctor"] == "loss_not_finite"
+    assert summary["steps"] == 13 and summary["stopped_by_doctor"] == "loss_not_finite"
     assert summary["weights_finite"] is False and summary["val/acc1"] is None  # not evaluated
-    assert (tmp_path / "doctor-nonfinite-ba25.pt").exists()
-    # The last good checkpoint (batch 20) is still there, and still what `latest` points at.
-    assert (tmp_path / "ep0-ba20-rank0.pt").exists() and not (tmp_path / "ep0-ba25-rank0.pt").exists()
-    assert (tmp_path / "latest-rank0.pt").resolve().name == "ep0-ba20-rank0.pt"
+    assert (tmp_path / "doctor-nonfinite-ba13.pt").exists()
+    # The last good checkpoint (batch 10) is still there, and still what `latest` points at.
+    assert (tmp_path / "ep0-ba10-rank0.pt").exists() and not (tmp_path / "ep0-ba13-rank0.pt").exists()
+    assert (tmp_path / "latest-rank0.pt").resolve().name == "ep0-ba10-rank0.pt"
     out = capsys.readouterr().out
-    assert "error [loss_not_finite] at step 25" in out and "Nothing points at one cause" in out
+    assert "error [loss_not_finite] at step 13" in out and "Nothing points at one cause" in out
     assert "stopped by the training doctor" in out

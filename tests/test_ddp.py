@@ -141,12 +141,6 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return train_one_process(tmp_path_factory.mktemp("one_process"))
 
 
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """2 ranks of 2 images each, microbatched at half the per-device batch (one image)."""
-    return launch(2, tmp_path_factory.mktemp("two_processes"), ["device_train_microbatch_size=1"])
-
-
 def assert_same_training(run: Run, reference: Run) -> None:
     """Same loss at every step and the same parameters, to floating-point rounding."""
     assert len(run.train_losses()) == STEPS

@@ -26,11 +26,12 @@ def checkpoint_in(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory: pytest.TempPathFactory, digits_cache: Path) -> Path:
     """A two-step moco_v3_smoke run's checkpoint, on resnet18 with narrow heads (a checkpoint of megabytes, not
-    hundreds, to keep the test quick; the probe is the same code for every torchvision ResNet)."""
+        hundreds, to keep the test quick; the probe is the same code for every torchvision ResNet); no k-NN monitor,
+    which the probe never reads."""
     folder = tmp_path_factory.mktemp("moco") / "run"
     status = train.main(
         ["moco_v3_smoke", "model.name=resnet18", "moco.projector_hidden_dim=64", "moco.predictor_hidden_dim=64",
-         "moco.output_dim=32", "data.subset_size=16", "global_batch_size=8", "max_duration=2ba", "save_interval=2ba",
+         "moco.output_dim=32", "moco.knn_interval=null", "data.subset_size=16", "global_batch_size=8", "max_duration=2ba", "save_interval=2ba",
          "data.num_workers=0", f"data.cache_dir={digits_cache}", f"save_folder={folder}", "run_name=moco",
          "logging.progress_bar=false"]
     )  # fmt: skip

@@ -8,8 +8,6 @@ official widths.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from callbacks.momentum_encoder import MomentumEncoder
 from model import MocoV3, build_moco_model, moco_backbone_state, moco_initial_loss
 from recipes.schema import LossReduction, MocoConfig, ModelConfig
-from tests.test_ddp import COMPOSER, LAUNCH_TIMEOUT_S, LAUNCHER_VARIABLES, REPO
 
 SMALL = {"projector_hidden_dim": 64, "predictor_hidden_dim": 64, "output_dim": 32}
 # The two-rank test's batch (4 images a rank under composer -n 2) and queue.
@@ -225,7 +222,7 @@ def test_queue_takes_each_steps_keys_and_rolls() -> None:
     assert "queue" in model.state_dict() and "queue_pointer" in model.state_dict()
 
 
-def test_composer_n_2_gathers_keys_and_computes_the_one_rank_loss_and_gradient(tmp_path: Path) -> None:
+def test_composer_n_2_gathers_keys_and_computes_the_one_rank_loss_and_gradient(two_rank_checks: Path) -> None:
     """``composer -n 2`` (tests/moco_rank_step.py), BatchNorm in eval mode (the same statistics on a half and on
     the whole batch), the queue on: the mean of the ranks' losses and gradients (what DDP applies) equals one
     process's on all 8 images, and each rank's gathered keys are the whole batch's, in rank order."""
@@ -234,14 +231,7 @@ def test_composer_n_2_gathers_keys_and_computes_the_one_rank_loss_and_gradient(t
     outputs = model(batch)
     loss = model.loss(outputs, batch)
     loss.backward()
-    env = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    launched = subprocess.run(
-        [str(COMPOSER), "-n", "2", "tests/moco_rank_step.py", str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
-    )  # fmt: skip
-    assert launched.returncode == 0, (launched.stdout + launched.stderr)[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    ranks = [torch.load(two_rank_checks / "moco" / f"rank{rank}.pt") for rank in range(2)]
     torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss.detach(), rtol=1e-5, atol=1e-6)
     for rank in ranks:
         torch.testing.assert_close(rank["keys1"], outputs.keys1, rtol=1e-5, atol=1e-6)

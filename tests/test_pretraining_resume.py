@@ -20,10 +20,12 @@ STEPS = BATCHES_PER_EPOCH * EPOCHS
 
 def recipe(folder: Path, digits_cache: Path, *extra: str) -> list[str]:
     """moco_v3_smoke on resnet18 with small heads and a queue (so it is checkpointed too), deterministic, a
-    checkpoint every two batches and a metrics line every batch."""
+    checkpoint every two batches and a metrics line every batch; no k-NN monitor (it changes nothing trained, and
+    tests/test_callbacks_knn_monitor.py covers it)."""
     return [
         "moco_v3_smoke", "model.name=resnet18", "moco.projector_hidden_dim=64", "moco.predictor_hidden_dim=64",
-        "moco.output_dim=16", "moco.queue_size=20", "deterministic=true", f"data.cache_dir={digits_cache}",
+        "moco.output_dim=16", "moco.queue_size=20", "moco.knn_interval=null", "deterministic=true",
+        f"data.cache_dir={digits_cache}",
         f"data.subset_size={BATCH * BATCHES_PER_EPOCH}", "data.num_workers=0", f"global_batch_size={BATCH}",
         f"max_duration={EPOCHS}ep", "save_interval=2ba", f"save_folder={folder}", "run_name=moco-resume",
         "logging.progress_bar=false", "logging.metrics_every_n_batches=1", *extra,

@@ -3,7 +3,7 @@ block, BatchNorm fp32 in its own), refused where it cannot work, before any work
 
 from __future__ import annotations
 
-import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +13,6 @@ from torchvision.models.resnet import BasicBlock
 
 from recipes.errors import UsageError
 from tests.fsdp_rank_check import LR, recipe_model
-from tests.test_ddp import COMPOSER, LAUNCHER_VARIABLES, REPO
 from training.preflight import load_run_recipe
 from training.runtime import parallelism_config, resolve_runtime
 
@@ -51,16 +50,9 @@ def test_the_model_names_one_unit_per_residual_block() -> None:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    folder = tmp_path_factory.mktemp("fsdp")
-    environment = {
-        name: value for name, value in __import__("os").environ.items() if name not in LAUNCHER_VARIABLES
-    }
-    environment["CUDA_VISIBLE_DEVICES"] = ""
-    command = [str(COMPOSER), "-n", "2", "tests/fsdp_rank_check.py", str(folder)]
-    done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+def two_ranks(two_rank_checks: Path) -> list[dict]:
+    """What each of two gloo ranks saw and did (tests/fsdp_rank_check.py, launched by conftest's two_rank_checks)."""
+    return [torch.load(two_rank_checks / "fsdp" / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
 
 
 def test_batchnorm_stays_fp32_in_its_own_unit_while_blocks_compute_in_bf16(two_ranks: list[dict]) -> None:
