@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,24 @@ DEVELOPER_AWS_SETTINGS = (
 )
 
 
+# Inductor compiles in this process instead of starting a pool of worker processes (each importing torch, ~2 s of
+# CPU apiece) the first time a test wraps a model with torch.compile; none of the tests runs a compiled step.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
 PROOF_FOLDER = Path(__file__).resolve().parent / "proof"
+# How long torch waits for a DataLoader worker to exit before terminating it, when a loader is dropped part-way
+# through an epoch (torch.utils.data._utils.MP_STATUS_CHECK_INTERVAL, 5 s). Tests drop loaders after a few batches,
+# and a worker with a thread still waiting (Streaming's, a Hugging Face stream's) needs the full wait: measured,
+# 45 s of the mechanism tier went to these joins, each at whatever later test the garbage collector ran in.
+WORKER_EXIT_WAIT_S = 0.5
 FIGURE = "figure"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Shorten torch's wait for a dropped DataLoader's workers (WORKER_EXIT_WAIT_S says why)."""
+    from torch.utils.data import _utils
+
+    _utils.MP_STATUS_CHECK_INTERVAL = WORKER_EXIT_WAIT_S
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

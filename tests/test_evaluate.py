@@ -86,9 +86,11 @@ def test_ema_run_reports_ema_and_raw_weights(tmp_path: Path) -> None:
     assert results["by_weights"]["ema"]["val/loss"] != results["by_weights"]["raw"]["val/loss"]
 
 
-def test_moved_image_folder_evaluates_with_data_path_override(tmp_path: Path, digits_cache: Path) -> None:
-    # An ImageFolder that is not the bundled source: the digits JPEGs copied to a folder of our own.
-    tiny_run(tmp_path / "seed", f"data.cache_dir={digits_cache}", "max_duration=1ba", "eval_interval=1ba")
+def test_moved_image_folder_evaluates_with_data_path_override(
+    trained_run: dict[str, Any], tmp_path: Path, digits_cache: Path
+) -> None:
+    # An ImageFolder that is not the bundled source: the digits JPEGs (written by the shared run) copied to a
+    # folder of our own.
     written = next(p for p in digits_cache.iterdir() if (p / "train").is_dir())
     original = tmp_path / "images"
     shutil.copytree(written, original)
