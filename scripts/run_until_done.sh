@@ -6,11 +6,11 @@ set -euo pipefail
 readonly PREEMPTED=75
 # The instance metadata service; the AWS SDKs read the same variable (http://[fd00:ec2::254] on IPv6-only instances).
 readonly IMDS=${AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}
-readonly SPOT_POLL_SECONDS=5
 
 usage() {
     cat <<'EOF'
-Usage: scripts/run_until_done.sh [--max-relaunches N] [--watch-spot] [--dry-run] [--] COMMAND [ARG...]
+Usage: scripts/run_until_done.sh [--max-relaunches N] [--watch-spot] [--spot-poll-seconds S] [--dry-run] [--]
+       COMMAND [ARG...]
 
 Runs COMMAND, a train.py command line, and runs it again unchanged each time it exits with status 75:
 train.py's "preempted at epoch E batch B; checkpoint saved to ...", after a SIGTERM. Any other status ends
@@ -26,6 +26,8 @@ Options:
   --watch-spot        on EC2, poll the instance metadata service every 5 s for a spot interruption notice
                       and on a notice send COMMAND a SIGTERM (two minutes before the instance stops);
                       AWS_EC2_METADATA_SERVICE_ENDPOINT changes the address, as in the AWS SDKs
+  --spot-poll-seconds S
+                      with --watch-spot, poll every S seconds instead (default 5, as AWS suggests)
   --dry-run           print what would run, and run nothing
   -h, --help          this text
 
@@ -62,6 +64,7 @@ say() {
 
 max_relaunches=10
 watch_spot=false
+spot_poll_seconds=5
 dry_run=false
 while (($# > 0)); do
     case "$1" in
@@ -74,6 +77,14 @@ while (($# > 0)); do
         shift 2
         ;;
     --watch-spot) watch_spot=true && shift ;;
+    --spot-poll-seconds)
+        [[ $# -ge 2 && "$2" =~ ^[0-9]*[.]?[0-9]+$ && ! "$2" =~ ^[0.]+$ ]] || {
+            say "--spot-poll-seconds needs a number of seconds above 0 (e.g. --spot-poll-seconds 5)"
+            exit 2
+        }
+        spot_poll_seconds=$2
+        shift 2
+        ;;
     --dry-run) dry_run=true && shift ;;
     -h | --help)
         usage
@@ -126,7 +137,7 @@ trap stop_command TERM INT
 
 watch_for_spot_notice() {
     local token
-    while sleep "$SPOT_POLL_SECONDS"; do
+    while sleep "$spot_poll_seconds"; do
         token=$(curl -sf --max-time 2 -X PUT "$IMDS/latest/api/token" \
             -H 'X-aws-ec2-metadata-token-ttl-seconds: 300') || continue
         if curl -sf --max-time 2 -o /dev/null -H "X-aws-ec2-metadata-token: $token" \
@@ -141,7 +152,7 @@ watch_for_spot_notice() {
 if $watch_spot; then
     watch_for_spot_notice &
     watcher=$!
-    say "watching $IMDS/latest/meta-data/spot/instance-action every ${SPOT_POLL_SECONDS} s (process $watcher)"
+    say "watching $IMDS/latest/meta-data/spot/instance-action every ${spot_poll_seconds} s (process $watcher)"
 fi
 
 status=0

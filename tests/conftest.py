@@ -201,8 +201,13 @@ def s3_endpoint() -> Iterator[str]:
     # One log line per request drowns a failure's output.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    try:
+        server.start()
+        host, port = server.get_host_and_port()
+    except Exception as error:  # what a machine without loopback networking raises varies
+        pytest.fail(
+            f"the loopback S3 server (moto's ThreadedMotoServer on 127.0.0.1) did not start: {error!r}"
+        )
     yield f"http://{host}:{port}"
     server.stop()
 

@@ -352,6 +352,20 @@ def test_wrapper_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path) -> Non
     assert f"would run: {command} a\\ b" in result.stderr
 
 
+@pytest.mark.parametrize("seconds", ["0", "0.0", "five", "-1"])
+def test_wrapper_refuses_a_spot_poll_interval_that_is_not_a_positive_number(
+    seconds: str, tmp_path: Path
+) -> None:
+    command = fake_train(tmp_path, "exit 0")
+    result = subprocess.run(
+        [WRAPPER, "--watch-spot", "--spot-poll-seconds", seconds, "--", command],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "--spot-poll-seconds needs a number of seconds above 0" in result.stderr
+    assert not (tmp_path / "launches").exists()
+
+
 def test_wrapper_help_shows_how_to_watch_the_spot_notice() -> None:
     result = subprocess.run([WRAPPER, "--help"], capture_output=True, text=True)
     assert result.returncode == 0
@@ -389,7 +403,10 @@ def test_wrapper_turns_a_spot_notice_into_sigterm_and_does_not_relaunch(tmp_path
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
     }
     wrapper = subprocess.Popen(
-        [WRAPPER, "--watch-spot", "--", command], env=environment, stderr=subprocess.PIPE, text=True
+        [WRAPPER, "--watch-spot", "--spot-poll-seconds", "0.2", "--", command],
+        env=environment,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
