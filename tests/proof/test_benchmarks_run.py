@@ -19,7 +19,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 BENCH = REPOSITORY / "bench"
 
 
-def test_gpu_check_runs_its_cpu_version_end_to_end(tmp_path: Path) -> None:
+def test_gpu_check_runs_its_cpu_version_end_to_end(tmp_path: Path, record_property: Any) -> None:
     output = tmp_path / "gpu_check.json"
     result = subprocess.run(
         [sys.executable, "bench/gpu_check.py", "--output", str(output), "--work", str(tmp_path / "work")],
@@ -35,6 +35,11 @@ def test_gpu_check_runs_its_cpu_version_end_to_end(tmp_path: Path) -> None:
     assert run["preempted_status"] == 75 and run["relaunch_status"] == 0 and run["resumed"], run
     assert run["steps"] == 16 and run["ok"]
     assert 0 < run["preempted_after_step"] < 16
+    record_property(
+        "figure",
+        f"make gpu-check on the CPU: the recipe run preempted after step {run['preempted_after_step']}, resumed "
+        f"and finished its {run['steps']} steps",
+    )
     assert "fp32" in report["throughput"]["modes"] and report["environment"]["gpus"] == 0
     assert "skipped" in report["fsdp_run"] and "FSDP" in result.stdout
 
@@ -51,7 +56,7 @@ def test_the_fsdp_run_is_a_valid_command_that_a_cpu_refuses(tmp_path: Path) -> N
     assert "parallelism.strategy=fsdp needs CUDA GPUs" in run["log_tail"], run
 
 
-def test_small_bench_reports_the_ratio_and_each_nodes_share(tmp_path: Path) -> None:
+def test_small_bench_reports_the_ratio_and_each_nodes_share(tmp_path: Path, record_property: Any) -> None:
     output = tmp_path / "streaming.json"
     command = [
         sys.executable,
@@ -70,6 +75,10 @@ def test_small_bench_reports_the_ratio_and_each_nodes_share(tmp_path: Path) -> N
     assert (
         row["ratio"] == round(row["streaming"] / row["folder"], 2)
         and f"{row['ratio']:.2f}x" in finished.stdout
+    )
+    record_property(
+        "figure",
+        f"bench/streaming.py (96 images, 128 px): MDS stream {row['ratio']:.2f}x the folder's images/s per worker",
     )
     nodes = report["nodes"]
     assert nodes["dataset_shards"] >= 3  # 96 photos of ~60 KB in 2 MB shards
@@ -93,8 +102,15 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"report": json.loads(output.read_text()), "stdout": finished.stdout}
 
 
-def test_quick_bench_reports_time_per_step_for_both_and_the_ratio(quick_report: dict[str, Any]) -> None:
+def test_quick_bench_reports_time_per_step_for_both_and_the_ratio(
+    quick_report: dict[str, Any], record_property: Any
+) -> None:
     timing = quick_report["report"]["timing"]
+    record_property(
+        "figure",
+        f"bench/stack_overhead.py --quick: our trainer {timing['ours_s_per_step']:.3f} s/step against a bare loop's "
+        f"{timing['bare_s_per_step']:.3f} (ratio {timing['ratio']:.2f})",
+    )
     assert timing["ours_s_per_step"] > 0 and timing["bare_s_per_step"] > 0
     assert timing["ratio"] == pytest.approx(timing["ours_s_per_step"] / timing["bare_s_per_step"], abs=1e-3)
     assert len(timing["ours_steps_s"]) == len(timing["bare_steps_s"]) == timing["steps"]

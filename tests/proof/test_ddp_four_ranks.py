@@ -5,10 +5,12 @@ two-rank run's mechanism tests are tests/test_ddp.py; this adds the rank count a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.test_ddp import (
+    PARAMETER_ATOL,
     Run,
     assert_close_val_metrics,
     assert_eval_counts_each_val_image_once,
@@ -28,7 +30,9 @@ def four_processes(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return launch(4, tmp_path_factory.mktemp("four_processes"), [])
 
 
-def test_four_ranks_train_like_four_microbatches_in_one_process(four_processes: Run, tmp_path: Path) -> None:
+def test_four_ranks_train_like_four_microbatches_in_one_process(
+    four_processes: Run, tmp_path: Path, record_property: Any
+) -> None:
     """One process accumulating four one-image microbatches against 4 ranks without microbatches: the same
     4-image global batch and the same one-image BatchNorm calls, so the only difference is where the gradients
     are summed (accumulation against the all-reduce)."""
@@ -38,6 +42,15 @@ def test_four_ranks_train_like_four_microbatches_in_one_process(four_processes: 
     assert four_processes.summary["per_device_batch_size"] == 1
     assert_same_training(four_processes, one_process)
     assert_close_val_metrics(four_processes, one_process)
+    reference = one_process.parameters()
+    apart = max(
+        float((value - reference[name]).abs().max()) for name, value in four_processes.parameters().items()
+    )
+    record_property(
+        "figure",
+        f"DDP on 4 ranks against 4 microbatches in one process: parameters at most {apart:.1e} apart after "
+        f"{len(four_processes.train_losses())} steps (tolerance {PARAMETER_ATOL})",
+    )
 
 
 def test_every_rank_ends_with_the_checkpointed_parameters(four_processes: Run) -> None:

@@ -74,18 +74,28 @@ def probe(folder: Path, backbone: Path, digits_cache: Path) -> float:
 
 
 def test_probing_the_pretrained_backbone_beats_probing_its_random_init(
-    pretraining: Path, random_backbone: Path, digits_cache: Path, tmp_path: Path
+    pretraining: Path, random_backbone: Path, digits_cache: Path, tmp_path: Path, record_property: Any
 ) -> None:
     (checkpoint,) = pretraining.glob("ep*-ba*-rank0.pt")
     pretrained = probe(tmp_path / "pretrained", checkpoint, digits_cache)
     random = probe(tmp_path / "random", random_backbone, digits_cache)
+    record_property(
+        "figure",
+        f"MoCo v3 pretraining ({PRETRAIN_EPOCHS} epochs): linear probe top-1 {pretrained:.3f} against {random:.3f} "
+        f"on a random backbone (margin {pretrained - random:.3f}, bar {PROBE_MARGIN})",
+    )
     assert pretrained >= random + PROBE_MARGIN, (pretrained, random)
 
 
-def test_the_knn_monitor_climbs_above_its_step_0_reading(pretraining: Path) -> None:
+def test_the_knn_monitor_climbs_above_its_step_0_reading(pretraining: Path, record_property: Any) -> None:
     lines = [json.loads(line) for line in (pretraining / "metrics.jsonl").read_text().splitlines()]
     readings = {line["step"]: line[KNN_ACC1] for line in lines if KNN_ACC1 in line}
     steps = sorted(readings)
+    record_property(
+        "figure",
+        f"k-NN monitor during pretraining: top-1 {readings[steps[0]]:.3f} at step 0, {readings[steps[-1]]:.3f} at "
+        f"step {steps[-1]} (rise bar {KNN_RISE})",
+    )
     assert steps[0] == 0 and len(steps) == PRETRAIN_EPOCHS + 1, steps  # step 0, then each epoch's end
     assert readings[steps[-1]] >= readings[0] + KNN_RISE, readings
 

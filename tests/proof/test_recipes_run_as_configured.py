@@ -130,7 +130,11 @@ PRETRAINING = [name for name in available_recipes() if load_run_recipe(name).tas
 
 @pytest.mark.parametrize("name", SUPERVISED)
 def test_recipe_runs_as_configured_and_its_algorithms_take_effect(
-    name: str, tmp_path: Path, image_folders: dict[int, Path], monkeypatch: pytest.MonkeyPatch
+    name: str,
+    tmp_path: Path,
+    image_folders: dict[int, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    record_property: Any,
 ) -> None:
     probe = Probe()
     standard = trainer.build_callbacks
@@ -190,6 +194,11 @@ def test_recipe_runs_as_configured_and_its_algorithms_take_effect(
     optimizer = probe.end["optimizer"]
     trained_by = optimizer.base_optimizer if isinstance(optimizer, SAMOptimizer) else optimizer
     assert type(trained_by).__name__ == OPTIMIZER_CLASSES[config.optimizer.name], type(trained_by)
+    record_property(
+        "figure",
+        f"{name} as configured: {summary['steps']} steps of {type(trained_by).__name__}, {classes} classes, sides "
+        f"{sorted(set(probe.sides))} px, algorithms {', '.join(sorted(enabled)) or 'none'}",
+    )
 
 
 class PretrainingProbe(Callback):

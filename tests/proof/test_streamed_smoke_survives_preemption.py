@@ -31,8 +31,9 @@ def test_smoke_recipe_streamed_from_s3_by_two_processes_passes_its_bar_through_a
     """The smoke recipe as written but for its length, its data the digits' MDS shards on the loopback S3 server,
     under ``composer -n 2``: SIGTERM in the second epoch, a relaunch with autoresume, and the smoke bar.
 
-    4 of the recipe's 10 epochs clear the bar (0.947 top-1 when measured): the point is that streamed, resumed
-    data trains as the folder does; the full length is tests/proof/test_smoke_recipe_reaches_its_bar.py."""
+    5 of the recipe's 10 epochs clear the bar (4 epochs measured 0.947 and 0.928 top-1; the fifth is margin):
+    the point is that streamed, resumed data trains as the folder does; the full length is
+    tests/proof/test_smoke_recipe_reaches_its_bar.py."""
     bucket = upload(s3_endpoint, digits_mds)
     environment = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
     environment["CUDA_VISIBLE_DEVICES"] = ""
@@ -40,7 +41,7 @@ def test_smoke_recipe_streamed_from_s3_by_two_processes_passes_its_bar_through_a
     command = [
         str(COMPOSER), "-n", "2", "train.py", "smoke", "data.source=streaming", f"data.remote=s3://{bucket}/digits",
         f"data.local={tmp_path}/cache", f"s3_endpoint_url={s3_endpoint}", f"save_folder={folder}",
-        "run_name=streamed", "logging.progress_bar=false", "max_duration=4ep",
+        "run_name=streamed", "logging.progress_bar=false", "max_duration=5ep",
     ]  # fmt: skip
 
     def launch(*extra: str) -> subprocess.Popen:
@@ -73,6 +74,6 @@ def test_smoke_recipe_streamed_from_s3_by_two_processes_passes_its_bar_through_a
     record_property(
         "figure",
         f"smoke recipe streamed from S3 by 2 processes, preempted and resumed: val top-1 {summary['val/acc1']:.4f} "
-        f"(bar {SMOKE_ACCURACY_BAR}) after 4 epochs",
+        f"(bar {SMOKE_ACCURACY_BAR}) after 5 epochs",
     )
     assert summary["val/acc1"] >= SMOKE_ACCURACY_BAR, summary
