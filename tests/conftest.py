@@ -5,8 +5,9 @@ Tiers (docs/testing.md): every test under ``tests/proof/`` is an end-to-end clai
 here fails and names what is missing. Proof tests report their figures with ``record_property("figure", ...)``
 and the run lists them at its end.
 
-Fixtures: one short smoke-recipe run shared by every test that reads a finished run, an S3 server on loopback,
-and the release of every Composer engine a test leaves open.
+Fixtures, each made once a session: a short smoke-recipe run for every test that reads a finished run, the two-rank
+DDP run and the two-rank MoCo/FSDP checks (one launch each), the digits as JPEGs and as MDS shards, an S3 server on
+loopback; and, per test, the release of every Composer engine it leaves open.
 """
 
 from __future__ import annotations
