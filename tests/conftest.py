@@ -178,17 +178,19 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def two_rank_checks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``composer -n 2 tests/two_rank_checks.py`` run once: the MoCo step's results in ``moco/``, the FSDP
     check's in ``fsdp/`` (``rank0.pt``, ``rank1.pt`` in each)."""
-    import os
     import subprocess
 
-    from tests.test_ddp import COMPOSER, LAUNCH_TIMEOUT_S, LAUNCHER_VARIABLES, REPO
+    from tests.test_ddp import COMPOSER, LAUNCH_TIMEOUT_S, REPO, launcher_environment
 
     folder = tmp_path_factory.mktemp("two-ranks")
-    environment = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
-    environment["CUDA_VISIBLE_DEVICES"] = ""
     command = [str(COMPOSER), "-n", "2", "tests/two_rank_checks.py", str(folder)]
     done = subprocess.run(
-        command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+        command,
+        cwd=REPO,
+        env=launcher_environment(),
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT_S,
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return folder

@@ -136,13 +136,13 @@ def assert_same_run(folder: Path, reference: Path, lines_lost_up_to: int = 0) ->
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny recipe run once from start to end, in this process, with no DataLoader workers (the relaunches
     below, with or without workers, in a subprocess or not, must end exactly where it ends)."""
     folder = tmp_path_factory.mktemp("uninterrupted") / "run"
     with deterministic_settings_restored():
         assert train.main(tiny_recipe(folder, workers=0)) == 0
-    yield folder
+    return folder
 
 
 def test_sigterm_to_the_process_group_checkpoints_at_the_next_batch_and_the_relaunch_ends_identical(

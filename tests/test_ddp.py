@@ -10,7 +10,9 @@ global batch, and the loss curves agree to 1e-5 and the parameters to rounding e
 statistics still differ (rank 0 updates them from its own images only: 1 or 2 per step, against 4 in one
 process), and evaluation uses them, so validation metrics are compared within a stated tolerance. A one-image
 BatchNorm needs more than one value per channel: 64 px, where resnet18's last stage is 2x2. Data augmentation is
-off (full-image crops, no flip) because Composer seeds each rank differently.
+off (full-image crops, no flip) because Composer seeds each rank differently. The two-rank run is here (shared
+with the step breakdown's tests: tests/conftest.py's ``two_processes``); the four-rank run is an end-to-end claim,
+tests/proof/test_ddp_four_ranks.py.
 """
 
 from __future__ import annotations
@@ -97,11 +99,17 @@ def finished_run(folder: Path, stdout_by_rank: dict[int, str]) -> Run:
     return Run(folder, summary, lines, stdout_by_rank)
 
 
+def launcher_environment() -> dict[str, str]:
+    """This process's environment for a ``composer`` launch on the CPU: without the launcher's own variables (so it
+    picks its single-node defaults) and without CUDA devices."""
+    environment = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
+    environment["CUDA_VISIBLE_DEVICES"] = ""
+    return environment
+
+
 def launch(processes: int, base: Path, extra: list[str]) -> Run:
     """``composer -n N train.py smoke ...`` from the repository root on the CPU (gloo), with a run name left to
     the ranks to agree on; local rank 0 prints to the launcher's output, the others to their own log files."""
-    env = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
-    env["CUDA_VISIBLE_DEVICES"] = ""
     logs = base / "logs"
     logs.mkdir()
     command = [
@@ -111,7 +119,7 @@ def launch(processes: int, base: Path, extra: list[str]) -> Run:
     ]  # fmt: skip
     # Its own session, so a timeout can stop the launcher and every rank it started.
     launcher = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command, cwd=REPO, env=launcher_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
     try:

@@ -16,7 +16,7 @@ import psutil
 
 from callbacks.metrics_file import last_logged_step
 from tests.test_data_streaming import upload
-from tests.test_ddp import COMPOSER, LAUNCHER_VARIABLES, REPO
+from tests.test_ddp import COMPOSER, REPO, launcher_environment
 from tests.test_train import SMOKE_ACCURACY_BAR
 
 
@@ -35,8 +35,7 @@ def test_smoke_recipe_streamed_from_s3_by_two_processes_passes_its_bar_through_a
     the point is that streamed, resumed data trains as the folder does; the full length is
     tests/proof/test_smoke_recipe_reaches_its_bar.py."""
     bucket = upload(s3_endpoint, digits_mds)
-    environment = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
-    environment["CUDA_VISIBLE_DEVICES"] = ""
+    environment = launcher_environment()
     folder = tmp_path / "run"
     command = [
         str(COMPOSER), "-n", "2", "train.py", "smoke", "data.source=streaming", f"data.remote=s3://{bucket}/digits",

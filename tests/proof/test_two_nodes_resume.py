@@ -28,7 +28,7 @@ import pytest
 from bench.streaming import OWN_SHARED_MEMORY, free_port
 from callbacks.metrics_file import last_logged_step
 from callbacks.preemption import PREEMPTED_EXIT_STATUS
-from tests.test_ddp import COMPOSER, LAUNCHER_VARIABLES
+from tests.test_ddp import COMPOSER, launcher_environment
 
 pytestmark = pytest.mark.usefixtures("aws_env")  # dummy credentials, nothing from ~/.aws
 
@@ -65,9 +65,8 @@ def tiny_recipe(save_folder: str, endpoint: str, node: Path, *extra: str) -> lis
 def launch_nodes(base: Path, save_folder: str, endpoint: str, *extra: str) -> list[subprocess.Popen]:
     """Both nodes' launchers, each in ``base``/node<N> (its working directory and disk), on one loopback port."""
     port = free_port()
-    environment = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
     # One core each: two processes on 2 cores.
-    environment.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    environment = {**launcher_environment(), "OMP_NUM_THREADS": "1"}
     launchers = []
     for node_rank in range(NODES):
         node = base / f"node{node_rank}"
