@@ -18,7 +18,7 @@ import functools
 import math
 import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torchvision
@@ -33,7 +33,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from recipes.errors import UsageError
-from recipes.schema import Head, Init, Loss, LossReduction, MocoConfig, ModelConfig
+from recipes.schema import ClassifierBias, Head, Init, Loss, LossReduction, MocoConfig, ModelConfig
 
 # Every torchvision classification model of the ResNet family (residual blocks: BasicBlock or Bottleneck).
 RESNET_NAMES: tuple[str, ...] = tuple(
@@ -58,6 +58,8 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
     ),
 }
 BCE_LOSSES = (Loss.binary_cross_entropy, Loss.binary_cross_entropy_mean)
+
+Network = TypeVar("Network", bound=nn.Module)
 
 
 def chance_loss(loss: str, num_classes: int) -> float:
@@ -292,6 +294,22 @@ def zero_init_residual(network: nn.Module) -> None:
             nn.init.zeros_(module.bn2.weight)
 
 
+def batchnorm_syncs(world_size: int, device: str) -> bool:
+    """Whether a recipe's sync_batchnorm converts BatchNorm to SyncBatchNorm: only with several processes on
+    GPUs. One process has no other statistics to share, and PyTorch's SyncBatchNorm raises on CPU tensors
+    (torch/nn/modules/batchnorm.py:779-787 in 2.7.0)."""
+    return world_size > 1 and device == "gpu"
+
+
+def sync_batchnorm(network: Network, enabled: bool, device: str) -> Network:
+    """``network`` with every BatchNorm converted to SyncBatchNorm when ``enabled`` and ``batchnorm_syncs`` holds
+    for this world and ``device``; otherwise unchanged. SyncBatchNorm keeps BatchNorm's parameters, buffers and
+    state-dict keys, so the weights still load into torchvision's ResNet."""
+    if enabled and batchnorm_syncs(dist.get_world_size(), device):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    return network
+
+
 def is_residual_block(module: nn.Module) -> bool:
     """A ResNet's unit for FSDP and for activation checkpointing: one residual block. Smaller units (single
     convolutions) would all-gather and recompute more often for no memory a ResNet needs back; BatchNorm layers
@@ -303,14 +321,19 @@ def build_model(
     model_cfg: ModelConfig | DictConfig,
     num_classes: int,
     classifier_type: type[ResNetClassifier] = ResNetClassifier,
+    *,
+    device: str = "cpu",
 ) -> ResNetClassifier:
     """The recipe's ResNet as a Composer classifier (``classifier_type``: ``LinearProbe`` for a probe) with
     acc1/acc5/loss metrics and the recipe's loss.
 
     Initialised in this order: torchvision's init at construction (and the 1x1 head's PyTorch default; timm's
-    init for ``PREACT_NAMES``), then Mosaic's init if chosen, then the -log(C) classifier bias under BCE, then
-    zero_init_residual. ``head: conv1x1`` is refused for timm's networks: their head is a 1x1 convolution
-    already (after pooling, the same function), and rebuilding it would rename timm's keys for nothing.
+    init for ``PREACT_NAMES``), then Mosaic's init if chosen, then the -log(C) classifier bias under BCE (unless
+    ``classifier_bias: layer_default``), then zero_init_residual. BatchNorm becomes SyncBatchNorm under
+    ``model.sync_batchnorm`` when training on ``device`` "gpu" with several processes (``sync_batchnorm``); the
+    default "cpu" is for every model that is not trained by a launched run (evaluation, export, planning), which
+    keeps BatchNorm. ``head: conv1x1`` is refused for timm's networks: their head is a 1x1 convolution already
+    (after pooling, the same function), and rebuilding it would rename timm's keys for nothing.
     """
     if model_cfg.num_classes is not None and model_cfg.num_classes != num_classes:
         raise UsageError(
@@ -322,6 +345,7 @@ def build_model(
         ("head", model_cfg.head, Head),
         ("loss", model_cfg.loss, Loss),
         ("init", model_cfg.init, Init),
+        ("classifier_bias", model_cfg.classifier_bias, ClassifierBias),
     ):
         if value not in set(choices):
             raise UsageError(f"Unknown model.{key}={value!r}; choose one of: {', '.join(choices)}.")
@@ -336,10 +360,11 @@ def build_model(
         network = ConvHeadResNet(network, num_classes)
     if model_cfg.init == Init.mosaic:
         mosaic_init(network)
-    if model_cfg.loss in BCE_LOSSES:
+    if model_cfg.loss in BCE_LOSSES and model_cfg.classifier_bias == ClassifierBias.chance_under_bce:
         start_at_chance_under_bce(classifier_layer(network), num_classes)
     if model_cfg.zero_init_residual:
         zero_init_residual(network)
+    network = sync_batchnorm(network, model_cfg.sync_batchnorm, device)
     # Read by Composer under FSDP (distributed/dist_strategy.py): one FSDP unit and one checkpointed unit per block.
     network.fsdp_wrap_fn = is_residual_block
     network.activation_checkpointing_fn = is_residual_block
@@ -619,9 +644,8 @@ def build_moco_model(
     """The recipe's ResNet inside MoCo v3: torchvision's architecture and init, Mosaic's init if chosen, then
     zero_init_residual (the official runs pass ``zero_init_residual=True``, main_moco:185-187), then the MLPs
     with PyTorch's default init; BatchNorm converted to SyncBatchNorm when ``moco.sync_batchnorm``, the world
-    has more than one process and ``device`` is "gpu" (main_moco:192-196 converts on CUDA only, and PyTorch's
-    SyncBatchNorm raises on CPU tensors, torch/nn/modules/batchnorm.py:779-787 in 2.7.0; its keys are
-    BatchNorm's, so the backbone still loads into torchvision)."""
+    has more than one process and ``device`` is "gpu" (``sync_batchnorm``; main_moco:192-196 converts on CUDA
+    only)."""
     _check_moco_settings(model_cfg, moco_cfg)
     check_drop_path_rate(model_cfg.name, model_cfg.drop_path_rate)
     backbone = torchvision_resnet(model_cfg.name, moco_cfg.projector_hidden_dim)
@@ -629,7 +653,4 @@ def build_moco_model(
         mosaic_init(backbone)
     if model_cfg.zero_init_residual:
         zero_init_residual(backbone)
-    model = MocoV3(backbone, moco_cfg)
-    if moco_cfg.sync_batchnorm and dist.get_world_size() > 1 and device == "gpu":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
+    return sync_batchnorm(MocoV3(backbone, moco_cfg), moco_cfg.sync_batchnorm, device)

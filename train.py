@@ -25,6 +25,7 @@ from recipes.loading import recipe_to_yaml, resolve_recipe_path
 from tools.lr_range_curve import RangeTestSettings
 from tools.lr_range_test import run_range_test, write_applied_recipe
 from tools.planning import plan_run
+from training.optimization import applied_settings_comment
 from training.preflight import load_run_recipe
 from training.runtime import silence_expected_warnings
 from training.trainer import build_training
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_run_recipe(args.recipe, args.overrides)
         if args.print_config:
-            print(recipe_to_yaml(config), end="")
+            print(recipe_to_yaml(config) + applied_settings_comment(config), end="")
             return 0
         if args.plan:
             plan = plan_run(config, resolve_recipe_path(args.recipe))

@@ -54,6 +54,11 @@ class Init(Choice):
     mosaic = "mosaic"
 
 
+class ClassifierBias(Choice):
+    chance_under_bce = "chance_under_bce"
+    layer_default = "layer_default"
+
+
 class Task(Choice):
     supervised = "supervised"
     moco_v3 = "moco_v3"
@@ -186,6 +191,10 @@ class ModelConfig:
     # (Kaiming-normal convolutions and classifier, BatchNorm weights uniform in [0, 1), biases zero);
     # zero_init_residual applies after either.
     init: Init = Init.torchvision
+    # The classifier's bias at the start: chance_under_bce sets it to -log(num_classes) under a BCE loss (Mosaic's
+    # model.py: each sigmoid starts near 1/num_classes, not 1/2) and keeps the layer's own init under
+    # cross-entropy; layer_default always keeps the layer's own (torchvision's and timm's nn.Linear init).
+    classifier_bias: ClassifierBias = ClassifierBias.chance_under_bce
     # task linear_probe: the MoCo v3 pretraining checkpoint (a file or s3:// URI) whose backbone is loaded and
     # frozen; only the classifier trains.
     backbone_checkpoint: str | None = None
@@ -196,6 +205,9 @@ class ModelConfig:
     # Evaluation only: score each image by its logits plus its horizontal flip's (FFCV's lr_tta); training,
     # checkpoints and exports are unchanged.
     flip_tta: bool = False
+    # task supervised: BatchNorm statistics over the global batch, not each GPU's (SyncBatchNorm), as ResNet
+    # strikes back trains; for small per-GPU batches (T4s). Converted only with several processes on GPUs.
+    sync_batchnorm: bool = False
 
 
 @dataclass
@@ -377,6 +389,10 @@ class OptimizerConfig:
     nesterov: bool = False
     # Decoupled weight decay (Composer scales it by lr / initial_lr, as in Loshchilov & Hutter).
     weight_decay: float = 5.0e-4
+    # The global batch weight_decay was tuned at: at another batch the decay is rescaled so each epoch shrinks the
+    # weights as much as there (decoupled: x batch / this; coupled: only a non-linear LR rule changes it; printed
+    # at start, in --print-config and --plan). null: applied as written, whatever the batch.
+    weight_decay_batch: int | None = None
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1.0e-8
     # Put BatchNorm weights and all biases in a group without weight decay.

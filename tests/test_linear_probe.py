@@ -95,8 +95,17 @@ def test_fc_starts_as_main_lincls_initialises_it(pretrained: Path, digits_cache:
 
 
 def test_probe_checkpoint_evaluates_with_evaluate_py(probe: Path, tmp_path: Path) -> None:
+    """evaluate.py on the probe's last checkpoint reports what the run reported for those weights, on the same
+    40 validation images."""
     assert evaluate.main(["--checkpoint", str(probe), "--output", str(tmp_path / "eval.json")]) == 0
-    assert (tmp_path / "eval.json").is_file()
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    reported = json.loads((probe.parent / "summary.json").read_text())
+    assert reported["steps"] == 3 and probe.name.endswith("-ba3-rank0.pt")
+    assert evaluated["images"] == reported["val_images"] == 40
+    # Three steps leave the probe near chance, so the loss tells weights apart (measured: 2.30081 reported;
+    # 2.30041 with fc left at its start, 2.30294 with the centre crop changed), and accuracy matches anyway.
+    for key in ("val/acc1", "val/acc5", "val/loss"):
+        assert evaluated[key] == pytest.approx(reported[key], rel=1e-5, abs=1e-6), key
 
 
 def test_a_classifier_checkpoint_as_backbone_is_refused_naming_it(
@@ -118,26 +127,75 @@ def test_missing_backbone_checkpoint_is_refused_by_the_recipe_check(
     assert "linear_probe_without_backbone" in error and "model.backbone_checkpoint" in error
 
 
-@pytest.mark.usefixtures("aws_env")
-def test_backbone_checkpoint_from_s3_loads_the_same_backbone(pretrained: Path, s3_endpoint: str) -> None:
+def bucket_with_checkpoint(s3_endpoint: str, bucket: str, checkpoint: Path) -> Any:
+    """A new bucket on the loopback S3 server holding ``checkpoint`` as a run's save_folder would: under
+    moco/run/, by its own name; the boto3 client, to add more."""
     import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    client.upload_file(str(checkpoint), bucket, f"moco/run/{checkpoint.name}")
+    return client
+
+
+def probe_from(uri: str, s3_endpoint: str) -> torch.nn.Module:
+    """linear_probe_smoke's probe (resnet18) on the backbone at ``uri``, read through the recipe's S3 keys."""
     from omegaconf import OmegaConf
 
     from recipes.loading import load_recipe
     from training.weights import load_linear_probe
 
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="probe-backbones")
-    client.upload_file(str(pretrained), "probe-backbones", f"moco/run/{pretrained.name}")
-    uri = f"s3://probe-backbones/moco/run/{pretrained.name}"
     config = load_recipe(
         "linear_probe_smoke",
         ["model.name=resnet18", f"model.backbone_checkpoint={uri}", f"s3_endpoint_url={s3_endpoint}"],
     )
-    network = load_linear_probe(OmegaConf.create(OmegaConf.to_container(config)), 10).module
+    return load_linear_probe(OmegaConf.create(OmegaConf.to_container(config)), 10).module
+
+
+def assert_holds_backbone_of(network: torch.nn.Module, pretrained: Path) -> None:
     backbone = moco_backbone_state(extract_model_state(read_checkpoint(pretrained)))
     loaded = network.state_dict()
     assert all(torch.equal(loaded[key], value) for key, value in backbone.items())
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_backbone_checkpoint_from_s3_loads_the_same_backbone(pretrained: Path, s3_endpoint: str) -> None:
+    bucket_with_checkpoint(s3_endpoint, "probe-backbones", pretrained)
+    network = probe_from(f"s3://probe-backbones/moco/run/{pretrained.name}", s3_endpoint)
+    assert_holds_backbone_of(network, pretrained)
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_latest_pointer_on_s3_is_followed_to_the_checkpoint_it_names(
+    pretrained: Path, s3_endpoint: str, tmp_path: Path
+) -> None:
+    # On S3 Composer's latest-rank0.pt is an object latest-rank0.pt.symlink whose body is the newest checkpoint's
+    # name beside it (test_training_checkpointing.py reads the one a run uploads); written here by Composer's own
+    # create_symlink_file.
+    from composer.utils.file_helpers import create_symlink_file
+
+    client = bucket_with_checkpoint(s3_endpoint, "probe-latest", pretrained)
+    pointer = tmp_path / "latest-rank0.pt.symlink"
+    create_symlink_file(pretrained.name, pointer)
+    client.upload_file(str(pointer), "probe-latest", "moco/run/latest-rank0.pt.symlink")
+    assert_holds_backbone_of(
+        probe_from("s3://probe-latest/moco/run/latest-rank0.pt", s3_endpoint), pretrained
+    )
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_a_missing_s3_checkpoint_is_refused_naming_the_object_and_its_pointer(
+    pretrained: Path, s3_endpoint: str
+) -> None:
+    from recipes.errors import UsageError
+
+    bucket_with_checkpoint(s3_endpoint, "probe-no-latest", pretrained)
+    with pytest.raises(UsageError) as raised:
+        probe_from("s3://probe-no-latest/moco/run/latest-rank0.pt", s3_endpoint)
+    message = str(raised.value)
+    assert "s3://probe-no-latest/moco/run/latest-rank0.pt nor" in message
+    assert "s3://probe-no-latest/moco/run/latest-rank0.pt.symlink" in message
+    assert "s3://probe-no-latest/moco/run/ep<E>-ba<B>-rank0.pt" in message
 
 
 def test_the_lr_range_test_sweeps_the_probe_and_leaves_the_backbone_alone(

@@ -285,3 +285,40 @@ def test_flip_tta_scores_the_sum_of_the_image_and_its_mirror_in_evaluation_only(
         assert torch.equal(tta(batch), plain(batch))  # the training forward
         symmetric = torch.cat([images[..., :16], images[..., :16].flip(dims=[3])], dim=3)
         assert torch.allclose(tta.eval_forward((symmetric, batch[1])), 2 * plain.module(symmetric), atol=1e-5)
+
+
+def batchnorm_kinds(network: nn.Module) -> set[str]:
+    """The class names of the network's normalisation layers."""
+    return {
+        type(module).__name__
+        for module in network.modules()
+        if isinstance(module, nn.modules.batchnorm._NormBase)
+    }
+
+
+def test_sync_batchnorm_on_four_gpu_processes_converts_the_supervised_model_and_keeps_torchvision_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from recipes.loading import load_recipe
+    from training.trainer import build_task_model
+
+    # What composer -n 4 on GPUs gives the builder: a world of four (no process group is needed to convert).
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    config = load_recipe("smoke", ["model.name=resnet50", "model.sync_batchnorm=true"])
+    network = build_task_model(config, 1000, "gpu").module
+    assert batchnorm_kinds(network) == {"SyncBatchNorm"}
+    assert network.layer4[2].bn3.weight.abs().sum() == 0  # converted after zero_init_residual, which it kept
+    resnet = torchvision.models.resnet50()
+    resnet.load_state_dict(network.state_dict())  # strict: every key and shape
+    torch.testing.assert_close(resnet.layer1[0].bn1.running_var, network.layer1[0].bn1.running_var)
+
+
+@pytest.mark.parametrize(
+    ("world_size", "device", "sync"), [("1", "gpu", True), ("4", "cpu", True), ("4", "gpu", False)]
+)
+def test_batchnorm_stays_on_one_process_on_the_cpu_or_when_not_asked(
+    monkeypatch: pytest.MonkeyPatch, world_size: str, device: str, sync: bool
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    config = ModelConfig(name="resnet18", sync_batchnorm=sync)
+    assert batchnorm_kinds(model.build_model(config, NUM_CLASSES, device=device).module) == {"BatchNorm2d"}

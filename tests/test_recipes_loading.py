@@ -5,9 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from recipes.errors import UsageError
-from recipes.loading import RECIPES_DIR, available_recipes, load_recipe, resolve_recipe_path
+from recipes.loading import (
+    RECIPES_DIR,
+    available_recipes,
+    load_recipe,
+    recipe_to_yaml,
+    resolve_recipe_path,
+)
 
 SHIPPED = ["smoke", "colab", "g4dn_xlarge", "g4dn_12xlarge", "troubleshoot_subset"]
 
@@ -22,6 +29,25 @@ def test_every_phase_recipe_ships_and_loads() -> None:
     for name in SHIPPED:
         config = load_recipe(name)
         assert config.global_batch_size > 0
+
+
+def test_every_multi_gpu_recipe_resumes_under_a_run_name_of_its_own() -> None:
+    """A recipe sized for several GPUs runs for hours on instances spot can interrupt: relaunched unchanged, it
+    must find its own checkpoints (autoresume under a fixed run_name, which train.py's check accepts), and no
+    two recipes may share a run folder."""
+    from training.checkpointing import check_autoresume
+    from training.hardware import parse_hardware
+
+    run_names: dict[str, str] = {}
+    for name in available_recipes():
+        config = load_recipe(name)
+        hardware = parse_hardware(config.hardware)
+        if hardware is None or hardware.device != "gpu" or hardware.world_size == 1:
+            continue
+        assert config.autoresume is True, f"{name}: autoresume is {config.autoresume}"
+        check_autoresume(config)  # raises without a fixed run_name
+        run_names[name] = config.run_name
+    assert len(set(run_names.values())) == len(run_names), run_names
 
 
 def test_default_recipe_is_smoke_on_bundled_digits() -> None:
@@ -108,6 +134,20 @@ def test_print_config_shows_resolved_recipe(capsys: pytest.CaptureFixture[str]) 
     assert train.main(["smoke", "optimizer.base_lr=0.3", "--print-config"]) == 0
     out = capsys.readouterr().out
     assert "base_lr: 0.3" in out and "source: digits" in out
+
+
+def test_print_config_shows_the_lr_and_weight_decay_applied_at_the_batch(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The recipe keeps the per-256 LR and the decay tuned at 2048; what batch 1024 applies follows as comments,
+    so the output still loads as the same recipe."""
+    import train
+
+    assert train.main(["g4dn_12xlarge", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "#   LR 1.024 = base_lr 0.256 per 256 images x 4" in out
+    assert "#   weight decay 0.00025 = 0.0005 tuned at batch 2048 x 0.5" in out
+    assert yaml.safe_load(out) == yaml.safe_load(recipe_to_yaml(load_recipe("g4dn_12xlarge")))
 
 
 def test_train_cli_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:

@@ -56,6 +56,14 @@ BASELINE: dict[str, Published] = {
     "optimizer.name": Published("decoupled_sgdw", "main.py DecoupledSGDW"),
     "optimizer.momentum": Published(0.875, "yamls/resnet50.yaml optimizer.momentum"),
     "optimizer.weight_decay": Published(5.0e-4, "yamls/resnet50.yaml optimizer.weight_decay"),
+    "optimizer.weight_decay_batch": Published(
+        MOSAIC_BATCH, "the 5e-4 is DecoupledSGDW's per step at batch 2048"
+    ),
+    # What a phase run must keep at its own batch: DecoupledSGDW shrinks each weight by weight_decay (x lr /
+    # initial_lr) per step, so an epoch at 2048 applies 5e-4 for each of its images / 2048 steps.
+    "weight_decay_per_epoch": Published(
+        5.0e-4 * IMAGENET_TRAIN_IMAGES / MOSAIC_BATCH, "5e-4 per step x 1,281,167 / 2048 steps per epoch"
+    ),
     "optimizer.nesterov": Published(False, "main.py passes none; DecoupledSGDW's default"),
     "optimizer.exclude_bn_and_bias_from_weight_decay": Published(
         False, "main.py DecoupledSGDW(composer_model.parameters()): one group, all decayed"
@@ -72,6 +80,11 @@ BASELINE: dict[str, Published] = {
     "model.head": Published("fc", "model.py torchvision's resnet50, its Linear classifier"),
     "model.init": Published("mosaic", "model.py weight_init"),
     "model.zero_init_residual": Published(False, "model.py: torchvision's default, then weight_init's rand"),
+    "model.classifier_bias": Published(
+        "chance_under_bce", "model.py: under a BCE loss the classifier bias starts at -log(num_classes)"
+    ),
+    "model.sync_batchnorm": Published(False, "main.py wraps no BatchNorm in SyncBatchNorm"),
+    "model.drop_path_rate": Published(0.0, "torchvision's resnet50 has no drop path (Hot's is an algorithm)"),
     "model.loss": Published("cross_entropy", "yamls/resnet50.yaml model.loss_name"),
     "data.subset_size": Published("full", "all of ImageNet-1k's training images"),
     "data.max_classes": Published(None, "all 1000 classes"),
@@ -248,6 +261,9 @@ def resolved(config: DictConfig, key: str) -> Any:
     if key == "lr":
         _, plan = build_optimizer(torch.nn.Linear(2, 2), config.optimizer, config.global_batch_size)
         return plan.lr
+    if key == "weight_decay_per_epoch":
+        optimizer, _ = build_optimizer(torch.nn.Linear(2, 2), config.optimizer, config.global_batch_size)
+        return optimizer.param_groups[0]["weight_decay"] * IMAGENET_TRAIN_IMAGES / config.global_batch_size
     if key == "eval_resize":
         return eval_resize_size(config.data.eval_resolution, config.data.eval_crop_ratio)
     if key == "algorithms":
@@ -339,7 +355,9 @@ def test_applied_lr_is_the_published_per_256_lr_scaled_linearly(recipe: str) -> 
     optimizer, _ = build_optimizer(torch.nn.Linear(2, 2), config.optimizer, config.global_batch_size)
     [group] = optimizer.param_groups
     assert group["lr"] == pytest.approx(base_lr * config.global_batch_size / 256)
-    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.875, 5.0e-4, False)
+    assert (group["momentum"], group["nesterov"]) == (0.875, False)
+    # Mosaic's decay per image seen (5e-4 per step of 2048), so per epoch, at every phase's batch.
+    assert group["weight_decay"] / config.global_batch_size == pytest.approx(5.0e-4 / MOSAIC_BATCH)
     at_2048, _ = build_optimizer(torch.nn.Linear(2, 2), config.optimizer, MOSAIC_BATCH)
     if base_lr == BASELINE["optimizer.base_lr"].value:
         assert at_2048.param_groups[0]["lr"] == pytest.approx(BASELINE["lr"].value)

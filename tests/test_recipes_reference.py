@@ -22,6 +22,7 @@ trained.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,10 @@ from omegaconf import DictConfig
 
 from algorithms.data_progressive_resizing import pinned_size, scale_at
 from algorithms.registry import build_algorithms, enabled_algorithms
-from tests.test_recipes_published import Change, Published, departures, resolved, same
+from model import build_model
+from recipes.schema import ModelConfig
+from tests.test_algorithms_registry import NUM_CLASSES, train_briefly
+from tests.test_recipes_published import BASELINE, Change, Published, departures, resolved, same
 from tools.planning import lr_at
 from training.optimization import build_optimizer, build_scheduler, parameter_weight_decays
 from training.preflight import load_run_recipe
@@ -45,11 +49,23 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 MMPRETRAIN = "mmpretrain configs/resnet/resnet50_8xb256-rsb-a3-100e_in1k.py"
+TIMM = "timm/models/resnet.py (the paper's code)"
 MMPRETRAIN_DATA = "mmpretrain _base_/datasets/imagenet_bs256_rsb_a3.py"
 MMPRETRAIN_SCHEDULE = "mmpretrain _base_/schedules/imagenet_bs2048_rsb.py"
 RSB_A3: dict[str, Published] = {
     "model.name": Published("resnet50", f"{MMPRETRAIN} _base_/models/resnet50.py"),
     "model.loss": Published("binary_cross_entropy_mean", f"{MMPRETRAIN} head loss use_sigmoid=True (BCE)"),
+    "model.init": Published(
+        "torchvision", f"{TIMM}: init_weights: Kaiming-normal fan-out convolutions, BN 1/0"
+    ),
+    "model.zero_init_residual": Published(True, f"{TIMM}: zero_init_last=True (mmpretrain's too)"),
+    "model.head": Published("fc", f"{TIMM}: a Linear classifier after global pooling"),
+    "model.classifier_bias": Published(
+        "layer_default", f"{TIMM}: leaves fc at nn.Linear's init; timm's BinaryCrossEntropy sets no bias"
+    ),
+    "model.sync_batchnorm": Published(True, f"{MMPRETRAIN} backbone norm_cfg type='SyncBN'"),
+    "model.drop_path_rate": Published(0.0, f"{MMPRETRAIN} sets no drop_path_rate"),
+    "optimizer.weight_decay_batch": Published(2048, "the published run's batch"),
     "max_duration": Published("100ep", f"{MMPRETRAIN_SCHEDULE} max_epochs=100"),
     "global_batch_size": Published(2048, f"{MMPRETRAIN_DATA} batch_size=256 on 8 GPUs (8xb256)"),
     "optimizer.name": Published("lamb", f"{MMPRETRAIN_SCHEDULE} type='Lamb'"),
@@ -89,6 +105,17 @@ VISION = "pytorch/vision references/classification"
 V2: dict[str, Published] = {
     "model.name": Published("resnet50", f"{VISION} README --model resnet50"),
     "model.loss": Published("cross_entropy", f"{VISION}/train.py nn.CrossEntropyLoss"),
+    "model.init": Published(
+        "torchvision", f"{VISION}/train.py torchvision.models.get_model, no init of its own"
+    ),
+    "model.zero_init_residual": Published(False, f"{VISION}/train.py get_model(weights, num_classes) only"),
+    "model.head": Published("fc", "torchvision/models/resnet.py fc"),
+    "model.classifier_bias": Published(
+        "layer_default", "torchvision/models/resnet.py leaves fc at nn.Linear's"
+    ),
+    "model.sync_batchnorm": Published(False, f"{VISION}/train.py --sync-bn, not in the README's command"),
+    "model.drop_path_rate": Published(0.0, "torchvision's resnet50 has no drop path"),
+    "optimizer.weight_decay_batch": Published(1024, "the published run's batch"),
     "max_duration": Published("600ep", f"{VISION} README --epochs 600"),
     "global_batch_size": Published(1024, f"{VISION} README --batch-size 128 on 8 GPUs"),
     "optimizer.name": Published("sgd", f"{VISION}/train.py --opt default sgd (torch.optim.SGD)"),
@@ -135,6 +162,15 @@ FFCV_88: dict[str, Published] = {
     "model.name": Published("resnet50", f"{FFCV} model.arch: resnet50"),
     "model.loss": Published("cross_entropy", f"{FFCV_CODE} CrossEntropyLoss(label_smoothing=...)"),
     "model.flip_tta": Published(True, f"{FFCV} validation.lr_tta: true"),
+    "model.init": Published("torchvision", f"{FFCV_CODE} getattr(models, arch)(pretrained=0)"),
+    "model.zero_init_residual": Published(False, f"{FFCV_CODE} getattr(models, arch)(pretrained=0) only"),
+    "model.head": Published("fc", "torchvision/models/resnet.py fc"),
+    "model.classifier_bias": Published(
+        "layer_default", "torchvision/models/resnet.py leaves fc at nn.Linear's"
+    ),
+    "model.sync_batchnorm": Published(False, f"{FFCV_CODE} DistributedDataParallel(model), no SyncBatchNorm"),
+    "model.drop_path_rate": Published(0.0, "torchvision's resnet50 has no drop path"),
+    "optimizer.weight_decay_batch": Published(4096, "the published run's batch"),
     "max_duration": Published("88ep", f"{FFCV} training.epochs: 88"),
     "global_batch_size": Published(4096, f"{FFCV} training.batch_size: 512 x dist.world_size: 8"),
     "optimizer.name": Published("sgd", f"{FFCV} training.optimizer: sgd ({FFCV_CODE} ch.optim.SGD)"),
@@ -192,6 +228,20 @@ CHANGES: dict[str, dict[str, Change]] = {
     "torchvision_v2": {},
     "ffcv_rn50_88ep": {},
 }
+
+
+# Model keys that change neither the network nor its start: the class count follows the data, a probe's
+# backbone and test-time flips are not part of a supervised recipe's training.
+NOT_THE_NETWORK = {"model.num_classes", "model.backbone_checkpoint", "model.flip_tta"}
+
+
+@pytest.mark.parametrize("table", ["mosaic", *sorted(PUBLISHED)])
+def test_every_key_that_shapes_the_network_or_its_start_has_a_row(table: str) -> None:
+    """A schema default cannot hide a departure: each model key that changes the network or its initial weights
+    (architecture, init, zero-init, the classifier's start, the BatchNorm kind) is pinned against the source."""
+    rows = BASELINE if table == "mosaic" else PUBLISHED[table]
+    network_keys = {f"model.{field.name}" for field in dataclasses.fields(ModelConfig)} - NOT_THE_NETWORK
+    assert network_keys - rows.keys() == set()
 
 
 def as_written(config: DictConfig, key: str) -> Any:
@@ -307,3 +357,52 @@ def test_rsb_a3_schedule_warms_from_1e4_of_the_peak_and_ends_at_eta_min() -> Non
     assert lr_at(scheduler, plan.lr, 5 * batches, config, batches) == pytest.approx(0.008)
     end = lr_at(scheduler, plan.lr, 100 * batches, config, batches)
     assert end == pytest.approx(1.0e-6) and math.isfinite(end)
+
+
+MIXING = ("mixup", "cutmix", "mixup_or_cutmix")
+
+
+@pytest.mark.parametrize(
+    ("recipe", "source_order"),
+    [
+        (
+            "torchvision_v2",
+            "mix, then smooth: train.py's CrossEntropyLoss(label_smoothing) on the mixed target",
+        ),
+        ("g4dn_12xlarge", "smooth, then mix: Mosaic's main.py lists LabelSmoothing before MixUp"),
+    ],
+)
+def test_label_smoothing_meets_the_mixed_target_in_the_sources_order(recipe: str, source_order: str) -> None:
+    """Composer runs BEFORE_LOSS algorithms in list order, and MixUp keeps the partner's target from before
+    label smoothing. Built in the order the recipe ships: smoothing after mixing gives every class outside the
+    pair exactly smoothing / K (torchvision's V2); smoothing first gives them (1 - mixing) x smoothing / K,
+    the partner's share unsmoothed (Mosaic's Medium and Hot, as their main.py orders them)."""
+    enabled = enabled_algorithms(load_run_recipe(recipe).algorithms)
+    shipped = {name: arguments for name, arguments in enabled.items() if name in (*MIXING, "label_smoothing")}
+    assert len(shipped) == 2, shipped
+    trainer, probe = train_briefly(shipped)
+    uniform = enabled["label_smoothing"]["smoothing"] / NUM_CLASSES
+    smallest = probe.loss_targets[-1].min(dim=1).values
+    if source_order.startswith("mix, then smooth"):
+        assert list(shipped).index("label_smoothing") == 1
+        torch.testing.assert_close(smallest, torch.full_like(smallest, uniform))
+    else:
+        assert list(shipped).index("label_smoothing") == 0
+        [mixup] = [algorithm for algorithm in trainer.state.algorithms if type(algorithm).__name__ == "MixUp"]
+        assert abs((1 - mixup.mixing) * uniform - uniform) > 1e-4  # this seed's mixing tells the orders apart
+        torch.testing.assert_close(smallest, torch.full_like(smallest, (1 - mixup.mixing) * uniform))
+
+
+def test_rsb_a3_starts_its_network_as_timm_does() -> None:
+    """timm's resnet50: every block's last BatchNorm at 0, the classifier at nn.Linear's own init (bias uniform in
+    +-1/sqrt(2048)); the BCE loss does not move the bias to -log(C) as Mosaic's recipes do."""
+    config = load_run_recipe("rsb_a3")
+    network = build_model(config.model, 10).module
+    assert all(
+        torch.count_nonzero(block.bn3.weight) == 0 for block in network.modules() if hasattr(block, "bn3")
+    )
+    bound = 1 / math.sqrt(network.fc.in_features)
+    assert network.fc.bias.abs().max() <= bound and network.fc.bias.std() > 0
+    config.model.classifier_bias = "chance_under_bce"
+    mosaic_start = build_model(config.model, 10).module.fc.bias
+    torch.testing.assert_close(mosaic_start, torch.full_like(mosaic_start, -math.log(10)))

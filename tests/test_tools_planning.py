@@ -65,6 +65,9 @@ def test_plan_of_every_recipe(name: str, tmp_path: Path, digits_cache: Path) -> 
         assert plan.total_steps == plan.batches_per_epoch * int(config.max_duration.removesuffix("ep"))
     assert f"{plan.batches_per_epoch:,} per epoch, {plan.total_steps:,} total" in report
     assert plan.findings == [] and "recipe checks  no findings" in report
+    # The decay applied at the recipe's batch: Mosaic's 5e-4 per step at 2048 is 6.25e-5 at 256.
+    if name == "g4dn_xlarge":
+        assert "weight decay   6.25e-05 = 0.0005 tuned at batch 2048 x 0.125" in report
     assert plan.time.total_hours > 0 and plan.memory.total_gib > plan.memory.model_state_gib
     assert plan.time.bottleneck in report
     json.dumps(plan.to_json())

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from recipes.errors import UsageError
 from recipes.schema import OptimizerConfig, SchedulerConfig
 from tools.planning import lr_at
-from training.optimization import build_optimizer, build_scheduler, scale_learning_rate
+from training.optimization import build_optimizer, build_scheduler, scale_learning_rate, scale_weight_decay
 
 
 def small_net() -> torch.nn.Module:
@@ -477,3 +477,52 @@ def test_lars_refuses_nesterov_and_a_zero_trust_coefficient() -> None:
         build_optimizer(small_net(), optimizer_cfg(name="lars", nesterov=True), 256)
     with pytest.raises(UsageError, match=r"optimizer\.trust_coefficient"):
         build_optimizer(small_net(), optimizer_cfg(name="lars", trust_coefficient=0.0), 256)
+
+
+def left_after_an_epoch(optimizer_settings: dict, batch: int, images: int = 4096) -> float:
+    """What an epoch of ``images`` at ``batch`` leaves of a weight of 1 through weight decay alone: zero
+    gradients, no momentum, the peak LR held (so Composer's decay factor lr / initial_lr is 1)."""
+    net = torch.nn.Linear(4, 4, bias=False)
+    torch.nn.init.ones_(net.weight)
+    optimizer, _ = build_optimizer(net, optimizer_cfg(momentum=0.0, **optimizer_settings), batch)
+    for _ in range(images // batch):
+        net.weight.grad = torch.zeros_like(net.weight)
+        optimizer.step()
+    return net.weight.mean().item()
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [("decoupled_sgdw", "linear"), ("decoupled_adamw", "linear"), ("sgd", "linear"), ("sgd", "sqrt")],
+)
+def test_an_epoch_decays_the_weights_as_at_the_tuned_batch(name: str, rule: str) -> None:
+    """weight_decay tuned at 512: an epoch at batch 128 (four times the steps) shrinks the weights as much."""
+    settings = {"name": name, "lr_scaling": rule, "weight_decay": 1e-3, "weight_decay_batch": 512}
+    tuned, small = left_after_an_epoch(settings, 512), left_after_an_epoch(settings, 128)
+    assert tuned < 1 - 1e-4
+    assert 1 - small == pytest.approx(1 - tuned, rel=1e-3)
+
+
+def test_composers_decoupled_decay_applied_as_written_grows_with_the_steps_per_epoch() -> None:
+    """The departure weight_decay_batch corrects (Mosaic's 5e-4 per step at 2048 ran at 1024 and 256): Composer's
+    DecoupledSGDW decays a fixed fraction per step, so an epoch of four times the steps decays as much as four
+    epochs at the larger batch; a coupled SGD under the linear rule does not need the correction."""
+    written = {"name": "decoupled_sgdw", "weight_decay": 1e-3}
+    assert left_after_an_epoch(written, 128) == pytest.approx(
+        left_after_an_epoch(written, 512) ** 4, rel=1e-6
+    )
+    coupled = {"name": "sgd", "weight_decay": 1e-3}
+    assert left_after_an_epoch(coupled, 128) == pytest.approx(left_after_an_epoch(coupled, 512), rel=1e-6)
+
+
+def test_every_group_is_rescaled_and_the_plan_says_how() -> None:
+    """The norm layers' own decay is rescaled with the rest (torchvision's 0.0 stays 0); the plan names both."""
+    cfg = optimizer_cfg(weight_decay=4e-4, norm_weight_decay=2e-4, weight_decay_batch=1024)
+    optimizer, _ = build_optimizer(small_net(), cfg, 256)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == pytest.approx([1e-4, 5e-5])
+    plan = scale_weight_decay(cfg, 256)
+    assert plan.applied == pytest.approx(1e-4)
+    assert plan.describe().startswith("weight decay 0.0001 = 0.0004 tuned at batch 1024 x 0.25")
+    assert "unset" in scale_weight_decay(optimizer_cfg(), 256).describe()
+    with pytest.raises(UsageError, match=r"'optimizer\.weight_decay_batch' is 0"):
+        scale_weight_decay(optimizer_cfg(weight_decay_batch=0), 256)

@@ -52,9 +52,11 @@ SWA = "algorithms.swa"
 LONGER_EPOCHS = RecipeFacts(1, "gpu", 1000, 200)
 TUNED_AT_128 = "algorithms_tuned_for_batch=128"
 AT_OTHER_BATCH = "algorithm_batch_counted_at_other_batch"
+WD_AT = "weight_decay_at_other_batch"
 PROGRESSIVE = "algorithms.progressive_resizing"
 FSDP = "parallelism.strategy=fsdp"
 NO_SAM = "algorithms.sam=null"
+SYNC_BN = "model.sync_batchnorm=true"
 
 
 @pytest.mark.parametrize(
@@ -121,6 +123,11 @@ NO_SAM = "algorithms.sam=null"
             GPU,
             None,
         ),
+        # Mosaic's decoupled 5e-4 was tuned at 2048 with its algorithm set: applied as written at 1024 it decays
+        # twice as much per epoch; converted (the recipe's weight_decay_batch) or coupled (sgd), no finding.
+        ("g4dn_12xlarge", ["optimizer.weight_decay_batch=null"], FOUR_GPUS, f"{WD_AT} warning"),
+        ("g4dn_12xlarge", ["optimizer.weight_decay_batch=null", "optimizer.name=sgd"], FOUR_GPUS, None),
+        ("g4dn_12xlarge", ["optimizer.weight_decay_batch=null", "global_batch_size=2048"], FOUR_GPUS, None),
         # An epoch is the same images at any batch; Composer's defaults were not tuned by the recipe.
         ("smoke", [TUNED_AT_128, "algorithms.ema.half_life=1ep"], GPU, None),
         ("smoke", [TUNED_AT_128, "algorithms.ema={}", "algorithms.sam={}"], LONGER_EPOCHS, None),
@@ -182,6 +189,12 @@ NO_SAM = "algorithms.sam=null"
         ),
         ("moco_v3_smoke", [FSDP], FOUR_GPUS, "fsdp_whole_parameter_copies error"),
         ("g4dn_xlarge", [FSDP], ONE_GPU, "fsdp_single_process warning"),
+        # SyncBatchNorm converts only on several GPU processes (model.batchnorm_syncs); elsewhere it says so.
+        ("g4dn_12xlarge", [SYNC_BN], FOUR_GPUS, None),
+        ("g4dn_12xlarge", [SYNC_BN], ONE_GPU, "sync_batchnorm_without_processes warning"),
+        ("smoke", [SYNC_BN], DIGITS_ON_CPU, "sync_batchnorm_without_processes warning"),
+        ("moco_v3_smoke", [SYNC_BN], DIGITS_ON_CPU, "sync_batchnorm_not_for_task error"),
+        ("linear_probe_smoke", [SYNC_BN], FOUR_GPUS, "sync_batchnorm_not_for_task error"),
     ],
 )
 def test_check_fires_on_crafted_recipe(

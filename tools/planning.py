@@ -39,7 +39,7 @@ from tools.estimates import (
 )
 from tools.measurements import NetworkMeasurement, measure_network
 from training.hardware import END_TO_END_SOURCE, Hardware, known_forms, parse_hardware
-from training.optimization import build_optimizer, build_scheduler, warmup_steps
+from training.optimization import build_optimizer, build_scheduler, scale_weight_decay, warmup_steps
 from training.preflight import RecipeFacts, check_recipe, run_steps_of
 
 # Seconds of measurement on this machine per plan (data loader, and training steps for CPU recipes).
@@ -104,6 +104,8 @@ class RunPlan:
     total_steps: int
     max_duration: str
     lr_rule: str
+    # The weight decay applied at the recipe's batch and how (training.optimization.scale_weight_decay).
+    weight_decay: str
     learning_rates: list[LearningRatePoint]
     memory: MemoryEstimate
     time: TimeEstimate
@@ -154,6 +156,7 @@ class RunPlan:
             f"  steps          {self.batches_per_epoch:,} per epoch, {self.total_steps:,} total "
             f"(max_duration {self.max_duration} = {epochs:g} epochs)",
             f"  learning rate  {rates}; {self.lr_rule}",
+            f"  weight decay   {self.weight_decay.removeprefix('weight decay ')}",
             f"  memory/device  {describe_memory(memory, hardware)}",
             f"  throughput     compute {time.compute_images_per_second:,.0f} img/s ({time.compute_origin}); "
             f"data loader {time.loader_images_per_second:,.0f} img/s ({time.loader_origin})",
@@ -266,6 +269,7 @@ def plan_run(config: DictConfig, recipe_path: str | Path, *, measure_seconds: fl
         total_steps=total,
         max_duration=config.max_duration,
         lr_rule=lr_rule,
+        weight_decay=scale_weight_decay(config.optimizer, config.global_batch_size).describe(),
         learning_rates=learning_rates,
         memory=memory,
         time=time,

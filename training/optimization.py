@@ -66,17 +66,105 @@ def scale_learning_rate(base_lr: float, global_batch_size: int, rule: str) -> Le
     )
 
 
+# Optimizers whose weight decay shrinks each weight by a fixed fraction per step, whatever the LR's size
+# (Composer's: ``param *= 1 - weight_decay * lr / initial_lr``, composer/optim/decoupled_weight_decay.py:121).
+# The others (PyTorch's SGD, LARS, LAMB) add weight_decay x weight to the update, which the LR then scales.
+DECOUPLED_OPTIMIZERS = ("decoupled_sgdw", "decoupled_adamw")
+
+
+@dataclass(frozen=True)
+class WeightDecayPlan:
+    """The weight decay applied at the run's batch and how it was derived, printed at start with the LR.
+
+    A decoupled optimizer decays a fixed fraction per step, so an epoch of twice the steps (half the batch)
+    decays twice as much; a coupled one decays by lr x weight_decay per step, which the linear batch rule keeps
+    the same per epoch. With ``weight_decay_batch`` set, ``applied`` is the decay that gives every epoch the
+    shrinkage ``weight_decay`` gave at that batch (a first-order rule: the products of ``1 - decay`` over an
+    epoch then agree to within half a step's decay of the epoch's, 0.025 % of it at 5e-4)."""
+
+    weight_decay: float
+    tuned_batch: int | None
+    global_batch_size: int
+    decoupled: bool
+    factor: float
+
+    @property
+    def applied(self) -> float:
+        """The weight decay each optimizer group is built with (norm or name rules at 0 stay 0)."""
+        return self.weight_decay * self.factor
+
+    def describe(self) -> str:
+        """One line a person can check by hand."""
+        kind = "decoupled: a fraction per step" if self.decoupled else "coupled: scaled by the LR"
+        if self.tuned_batch is None:
+            return (
+                f"weight decay {self.applied:.6g} as written ({kind}; optimizer.weight_decay_batch unset, so the "
+                "decay per epoch changes with the batch)"
+            )
+        if self.factor == 1:
+            return (
+                f"weight decay {self.applied:.6g} as written ({kind}; the same decay per epoch as at its tuned "
+                f"batch {self.tuned_batch})"
+            )
+        return (
+            f"weight decay {self.applied:.6g} = {self.weight_decay:g} tuned at batch {self.tuned_batch} x "
+            f"{self.factor:.6g} ({kind}; the same decay per epoch at global batch {self.global_batch_size})"
+        )
+
+
+def scale_weight_decay(optimizer_cfg: DictConfig, global_batch_size: int) -> WeightDecayPlan:
+    """``optimizer.weight_decay`` at the run's batch: rescaled so that each epoch decays the weights as much as
+    at ``optimizer.weight_decay_batch`` (the batch it was tuned at), or as written when that is unset.
+
+    Per epoch (N images, batch B) a decoupled optimizer decays ``N / B x d``, a coupled one
+    ``N / B x lr(B) x d``; keeping that equal to its value at the tuned batch T gives ``d(B) = d x B / T`` for
+    decoupled ones, and ``d x (B / T) x rule(T) / rule(B)`` for coupled ones (1 under the linear rule).
+    """
+    tuned = optimizer_cfg.weight_decay_batch
+    decoupled = optimizer_cfg.name in DECOUPLED_OPTIMIZERS
+    factor = 1.0
+    if tuned is not None:
+        if tuned < 1:
+            raise UsageError(
+                f"'optimizer.weight_decay_batch' is {tuned}; give the global batch optimizer.weight_decay was "
+                "tuned at (Mosaic's 5e-4: 2048), or null to apply it as written."
+            )
+        factor = global_batch_size / tuned
+        if not decoupled:
+            rule = optimizer_cfg.lr_scaling
+            factor *= batch_size_factor(tuned, rule) / batch_size_factor(global_batch_size, rule)
+        if math.isclose(factor, 1.0, rel_tol=1e-12):
+            factor = 1.0  # the linear rule's B/T x T/B, exactly as written
+    return WeightDecayPlan(optimizer_cfg.weight_decay, tuned, global_batch_size, decoupled, factor)
+
+
 def base_lr_for(lr: float, global_batch_size: int, rule: str) -> float:
     """The per-256 ``optimizer.base_lr`` that the batch-size rule turns into the applied ``lr`` (the inverse)."""
     return lr / batch_size_factor(global_batch_size, rule)
+
+
+def applied_settings_comment(config: DictConfig) -> str:
+    """The LR and weight decay the run applies at its batch, as YAML comments for ``--print-config`` (derived
+    values, not recipe keys: the recipe keeps the per-256 LR and the tuned weight decay)."""
+    lines = [
+        scale_learning_rate(
+            config.optimizer.base_lr, config.global_batch_size, config.optimizer.lr_scaling
+        ).describe(),
+        scale_weight_decay(config.optimizer, config.global_batch_size).describe(),
+    ]
+    header = f"# applied at global_batch_size={config.global_batch_size} (derived when the run is built):\n"
+    return header + "".join(f"#   {line}\n" for line in lines)
 
 
 # torchvision's normalization classes (torchvision/ops/_utils.py split_normalization_params).
 NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)
 
 
-def parameter_weight_decays(model: torch.nn.Module, optimizer_cfg: DictConfig) -> dict[str, float]:
-    """Each trainable parameter's weight decay by name, under the recipe's three exclusion rules.
+def parameter_weight_decays(
+    model: torch.nn.Module, optimizer_cfg: DictConfig, factor: float = 1.0
+) -> dict[str, float]:
+    """Each trainable parameter's weight decay by name, under the recipe's three exclusion rules, each decay
+    times ``factor`` (``WeightDecayPlan.factor``: the batch rescaling).
 
     ``exclude_bn_and_bias_from_weight_decay``: every 1-D parameter (BatchNorm weights and biases, all biases) at 0,
     timm's and mmpretrain's rule (ResNet strikes back). ``norm_weight_decay``: the weights and biases of
@@ -101,18 +189,18 @@ def parameter_weight_decays(model: torch.nn.Module, optimizer_cfg: DictConfig) -
             decay = 0.0
         if any(part in name for part in optimizer_cfg.no_weight_decay_names):
             decay = 0.0
-        decays[name] = float(decay)
+        decays[name] = float(decay) * factor
     return decays
 
 
-def parameter_groups(model: torch.nn.Module, optimizer_cfg: DictConfig) -> list[dict]:
+def parameter_groups(model: torch.nn.Module, optimizer_cfg: DictConfig, decay: WeightDecayPlan) -> list[dict]:
     """One optimizer group per distinct weight decay (``parameter_weight_decays``), the recipe's first."""
     parameters = dict(model.named_parameters())
     groups: dict[float, list[torch.nn.Parameter]] = {}
-    for name, decay in parameter_weight_decays(model, optimizer_cfg).items():
-        groups.setdefault(decay, []).append(parameters[name])
-    ordered = sorted(groups, key=lambda decay: decay != optimizer_cfg.weight_decay)
-    return [{"params": groups[decay], "weight_decay": decay} for decay in ordered]
+    for name, value in parameter_weight_decays(model, optimizer_cfg, decay.factor).items():
+        groups.setdefault(value, []).append(parameters[name])
+    ordered = sorted(groups, key=lambda value: value != decay.applied)
+    return [{"params": groups[value], "weight_decay": value} for value in ordered]
 
 
 class LARS(torch.optim.Optimizer):
@@ -184,7 +272,8 @@ def build_optimizer(
 ) -> tuple[torch.optim.Optimizer, LearningRatePlan]:
     """Composer's decoupled SGDW or AdamW, or MoCo v3's LARS, at the batch-scaled learning rate."""
     plan = scale_learning_rate(optimizer_cfg.base_lr, global_batch_size, optimizer_cfg.lr_scaling)
-    groups = parameter_groups(model, optimizer_cfg)
+    decay = scale_weight_decay(optimizer_cfg, global_batch_size)
+    groups = parameter_groups(model, optimizer_cfg, decay)
     if optimizer_cfg.name != "lamb" and optimizer_cfg.max_grad_norm is not None:
         raise UsageError(
             f"'optimizer.max_grad_norm' is {optimizer_cfg.max_grad_norm}, but only lamb clips inside the optimizer "
@@ -196,7 +285,7 @@ def build_optimizer(
             lr=plan.lr,
             momentum=optimizer_cfg.momentum,
             nesterov=optimizer_cfg.nesterov,
-            weight_decay=optimizer_cfg.weight_decay,
+            weight_decay=decay.applied,
         )
     elif optimizer_cfg.name == "decoupled_adamw":
         optimizer = DecoupledAdamW(
@@ -204,7 +293,7 @@ def build_optimizer(
             lr=plan.lr,
             betas=tuple(optimizer_cfg.betas),
             eps=optimizer_cfg.eps,
-            weight_decay=optimizer_cfg.weight_decay,
+            weight_decay=decay.applied,
         )
     elif optimizer_cfg.name == "lars":
         if optimizer_cfg.nesterov:
@@ -221,7 +310,7 @@ def build_optimizer(
             groups,
             lr=plan.lr,
             momentum=optimizer_cfg.momentum,
-            weight_decay=optimizer_cfg.weight_decay,
+            weight_decay=decay.applied,
             trust_coefficient=optimizer_cfg.trust_coefficient,
         )
     elif optimizer_cfg.name == "sgd":
@@ -230,10 +319,10 @@ def build_optimizer(
             lr=plan.lr,
             momentum=optimizer_cfg.momentum,
             nesterov=optimizer_cfg.nesterov,
-            weight_decay=optimizer_cfg.weight_decay,
+            weight_decay=decay.applied,
         )
     elif optimizer_cfg.name == "lamb":
-        optimizer = lamb(groups, plan.lr, optimizer_cfg)
+        optimizer = lamb(groups, plan.lr, optimizer_cfg, decay.applied)
     else:
         raise UsageError(
             f"'optimizer.name' is '{optimizer_cfg.name}'; use decoupled_sgdw, decoupled_adamw, lars, sgd or lamb."
@@ -241,7 +330,9 @@ def build_optimizer(
     return optimizer, plan
 
 
-def lamb(groups: list[dict], lr: float, optimizer_cfg: DictConfig) -> torch.optim.Optimizer:
+def lamb(
+    groups: list[dict], lr: float, optimizer_cfg: DictConfig, weight_decay: float
+) -> torch.optim.Optimizer:
     """timm's LAMB (You et al. 2020), as ResNet strikes back trains with it (timm/optim/lamb.py, timm 1.0).
 
     Adam's moments with bias correction, the weight decay added to the update, then each tensor's step scaled by
@@ -261,7 +352,7 @@ def lamb(groups: list[dict], lr: float, optimizer_cfg: DictConfig) -> torch.opti
         lr=lr,
         betas=tuple(optimizer_cfg.betas),
         eps=optimizer_cfg.eps,
-        weight_decay=optimizer_cfg.weight_decay,
+        weight_decay=weight_decay,
         max_grad_norm=optimizer_cfg.max_grad_norm,
     )
 

@@ -9,7 +9,8 @@ that run but probably not as meant; train.py prints each once and records it in 
 an error, wherever a legitimate run can look the same or nothing breaks: a pipeline check shortened to a few
 batches keeps the recipe's warmup and EMA half-life; ResNet pools adaptively, so inputs under its 32 px stride
 still train (the test suite runs every recipe at 32 px with its progressive resizing on); mixed precision on a
-CPU trains in fp32; EMA and SAM settings counted in steps may have been re-tuned for the run's batch.
+CPU trains in fp32; model.sync_batchnorm on one process or a CPU keeps BatchNorm; EMA and SAM settings counted in
+steps may have been re-tuned for the run's batch.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from algorithms.data_progressive_resizing import pinned_size
 from algorithms.registry import batch_counted_settings, enabled_algorithms, validate_recipe_algorithms
 from callbacks.findings import Finding
 from data.loaders import split_batch_over_processes
-from model import PREACT_NAMES
+from model import PREACT_NAMES, batchnorm_syncs
 from recipes.durations import run_steps, steps_in
 from recipes.errors import UsageError
 from recipes.loading import load_recipe
 from recipes.schema import DataConfig
 from training.hardware import parse_hardware
-from training.optimization import scale_learning_rate, warmup_steps
+from training.optimization import DECOUPLED_OPTIMIZERS, scale_learning_rate, warmup_steps
 
 SOURCE = "recipe_check"
 # Goyal et al. 2017 (arXiv:1706.02677) scale ResNet-50's LR as 0.1 x batch/256 and warm it up gradually over 5
@@ -97,6 +98,7 @@ def check_recipe(config: DictConfig, facts: RecipeFacts) -> list[Finding]:
         *_swa(config, facts, total),
         *_ema(config, facts, total),
         *_batch_counted_at_other_batch(config),
+        *_weight_decay_at_other_batch(config),
         *_num_classes(config, facts),
         *_progressive_resizing(config),
         *_precision(config, facts),
@@ -104,6 +106,7 @@ def check_recipe(config: DictConfig, facts: RecipeFacts) -> list[Finding]:
         *_algorithms_for_task(config),
         *_augmentations_for_task(config),
         *_linear_probe(config),
+        *_sync_batchnorm(config, facts),
         *_preact_architecture(config),
         *_profiler(config, facts),
         *_fsdp(config, facts),
@@ -193,6 +196,41 @@ def _linear_probe(config: DictConfig) -> list[Finding]:
             )
         )
     return findings
+
+
+def _sync_batchnorm(config: DictConfig, facts: RecipeFacts) -> list[Finding]:
+    """model.sync_batchnorm: a supervised key (MoCo v3 has its own, a probe's BatchNorm is frozen in eval mode,
+    where SyncBatchNorm synchronises nothing), and one that converts nothing on one process or a CPU
+    (``model.batchnorm_syncs``, the rule the model builders follow)."""
+    if not config.model.sync_batchnorm:
+        return []
+    if config.task != "supervised":
+        instead = (
+            "moco.sync_batchnorm is MoCo v3's own key (on by default)"
+            if config.task == "moco_v3"
+            else "the probe's backbone is frozen and held in eval mode, where BatchNorm uses its pretrained "
+            "running statistics and SyncBatchNorm would synchronise nothing"
+        )
+        return [
+            _finding(
+                "sync_batchnorm_not_for_task",
+                "error",
+                f"model.sync_batchnorm=true is read under task=supervised only, and this recipe has "
+                f"task={config.task}: {instead}. Remove model.sync_batchnorm.",
+            )
+        ]
+    if batchnorm_syncs(facts.world_size, facts.device):
+        return []
+    return [
+        _finding(
+            "sync_batchnorm_without_processes",
+            "warning",
+            f"model.sync_batchnorm=true, but this run is {facts.world_size} process(es) on the {facts.device}: "
+            "BatchNorm stays per-process BatchNorm, as SyncBatchNorm needs several GPU processes to share "
+            "statistics (PyTorch's raises on CPU tensors). Nothing to fix for a check on one GPU or the CPU; "
+            "for the recipe's run launch one process per GPU (composer -n <GPUs> train.py ...).",
+        )
+    ]
 
 
 def _preact_architecture(config: DictConfig) -> list[Finding]:
@@ -424,6 +462,27 @@ def _batch_counted_at_other_batch(config: DictConfig) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _weight_decay_at_other_batch(config: DictConfig) -> list[Finding]:
+    """A decoupled weight decay, in a recipe tuned at another global batch, applied as written: it decays a
+    fixed fraction per step, so each epoch decays tuned / batch times what was tuned."""
+    optimizer, tuned, batch = config.optimizer, config.algorithms_tuned_for_batch, config.global_batch_size
+    if optimizer.weight_decay_batch is not None or tuned is None or tuned == batch:
+        return []
+    if optimizer.name not in DECOUPLED_OPTIMIZERS or optimizer.weight_decay == 0:
+        return []
+    return [
+        _finding(
+            "weight_decay_at_other_batch",
+            "warning",
+            f"optimizer.weight_decay={optimizer.weight_decay:g} under {optimizer.name} decays a fixed fraction "
+            f"per step, and this recipe was tuned at a global batch of {tuned} (algorithms_tuned_for_batch): at "
+            f"global_batch_size={batch} each epoch has {tuned / batch:g}x the steps, so {tuned / batch:g}x the "
+            f"decay. Set optimizer.weight_decay_batch={tuned} to keep the tuned decay per epoch "
+            f"({optimizer.weight_decay * batch / tuned:.6g} per step here).",
+        )
+    ]
 
 
 def _num_classes(config: DictConfig, facts: RecipeFacts) -> list[Finding]:

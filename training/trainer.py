@@ -50,7 +50,13 @@ from training.checkpointing import (
     finished,
     run_folders,
 )
-from training.optimization import LearningRatePlan, build_optimizer, build_scheduler, warmup_steps
+from training.optimization import (
+    LearningRatePlan,
+    build_optimizer,
+    build_scheduler,
+    scale_weight_decay,
+    warmup_steps,
+)
 from training.preflight import RecipeFacts, check_before_training
 from training.profiling import build_profiler
 from training.runtime import Runtime, agree_on_run_name, close_trainer, resolve_runtime, start_distributed
@@ -255,6 +261,7 @@ class TrainingRun:
             say("note: the weights are not finite (NaN or Inf), so the end evaluation is skipped")
         elif self.last_evaluation is not None and not self.last_evaluation.saw_final_weights(trainer.state):
             trainer.eval()
+        decay = scale_weight_decay(self.config.optimizer, self.config.global_batch_size)
         summary = build_summary(
             trainer,
             self.metrics_file,
@@ -263,6 +270,8 @@ class TrainingRun:
             lr_plan=self.lr_plan,
             wall_time_s=time.perf_counter() - self.started,
             extra={
+                "weight_decay": decay.applied,
+                "weight_decay_rule": decay.describe(),
                 "num_classes": data.num_classes,
                 "train_images": data.train_size,
                 "val_images": data.val_size,
@@ -293,7 +302,7 @@ def build_task_model(config: DictConfig, num_classes: int, device: str) -> torch
         return build_moco_model(config.model, config.moco, device=device)
     if config.task == Task.linear_probe:
         return load_linear_probe(config, num_classes)
-    return build_model(config.model, num_classes)
+    return build_model(config.model, num_classes, device=device)
 
 
 def build_training(config: DictConfig, recipe_path: Path) -> TrainingRun:
@@ -331,6 +340,7 @@ def build_training(config: DictConfig, recipe_path: Path) -> TrainingRun:
         f"{data.num_classes} classes, {runtime.world_size} process(es) x batch {runtime.per_device_batch_size}"
     )
     say(lr_plan.describe())
+    say(scale_weight_decay(config.optimizer, config.global_batch_size).describe())
     if dist.get_global_rank() == 0:
         folders.output.mkdir(parents=True, exist_ok=True)
         (folders.output / SAVED_RECIPE).write_text(recipe_to_yaml(config), encoding="utf-8")

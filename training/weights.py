@@ -30,7 +30,7 @@ from composer.functional import (
     apply_stochastic_depth,
     apply_weight_standardization,
 )
-from composer.utils import parse_uri
+from composer.utils import get_file, parse_uri
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
@@ -412,7 +412,11 @@ def read_checkpoint_at(
 ) -> dict[str, Any]:
     """``read_checkpoint`` of a local file or an ``s3://bucket/key`` object (downloaded into a temporary folder
     with the uploads' retry settings; ``endpoint_url`` and ``region`` as the recipe's ``s3_endpoint_url`` and
-    ``s3_region``, None: the environment's)."""
+    ``s3_region``, None: the environment's).
+
+    On S3, Composer's ``latest-rank0.pt`` is not an object but a pointer, ``latest-rank0.pt.symlink``, whose body
+    names the newest checkpoint beside it (``CheckpointSaver`` uploads it, relative to the save_folder's prefix,
+    which is this store's). Composer's ``get_file`` follows it when the object itself is missing."""
     backend, bucket, key = parse_uri(location)
     if not backend:
         return read_checkpoint(location)
@@ -423,7 +427,15 @@ def read_checkpoint_at(
     with tempfile.TemporaryDirectory() as download:
         path = Path(download) / name
         try:
-            store.download_object(name, path)
+            get_file(name, str(path), object_store=store, progress_bar=False)
+        except FileNotFoundError as error:
+            # S3 answers 403 for a key these credentials may not list, and Composer reads 403 as missing too.
+            raise UsageError(
+                f"Checkpoint {location} not found: neither the object {store.get_uri(name)} nor Composer's pointer "
+                f"to a checkpoint, {store.get_uri(f'{name}.symlink')}, is there (or the checkpoint that "
+                "pointer names is gone, or these credentials may not read them). List the run's checkpoints "
+                f"(aws s3 ls {store.get_uri('')}) and pass one, e.g. {store.get_uri('ep<E>-ba<B>-rank0.pt')}."
+            ) from error
         except Exception as error:  # boto3 and s3transfer raise several types once retries are spent
             raise UsageError(
                 f"Cannot download checkpoint {location} ({error}); check the URI, the AWS credentials and "
