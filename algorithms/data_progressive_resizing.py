@@ -13,8 +13,6 @@ batch has one size; the size lives in shared memory, so persistent workers see i
 
 from __future__ import annotations
 
-import math
-
 from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
 
@@ -35,8 +33,10 @@ def scale_at(elapsed: float, initial_scale: float, delay_fraction: float, finetu
 
 
 def pinned_size(full: int, scale: float, increment: int) -> int:
-    """``full * scale`` rounded to a multiple of ``increment`` (at least one increment), as Composer pins sizes."""
-    return max(increment, math.floor(full * scale / increment + 0.5) * increment)
+    """``full * scale`` rounded to a multiple of ``increment`` as Composer pins sizes: Python's ``round``, so a
+    tie goes to the even multiple (composer/algorithms/progressive_resizing/progressive_resizing.py:233, 0.32.1);
+    at least one increment, where Composer's would reach 0 px."""
+    return max(increment, round(full * scale / increment) * increment)
 
 
 class DataProgressiveResizing(Algorithm):

@@ -13,6 +13,7 @@ import torch
 from composer import Trainer
 from composer.core import Callback, State, Time
 from composer.loggers import Logger
+from composer.models import ComposerClassifier
 from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
@@ -248,11 +249,43 @@ def test_progressive_resizing_shrinks_early_batches() -> None:
     assert probe.input_shapes[0][-1] == 16
 
 
-def test_sam_wraps_optimizer() -> None:
-    from composer.algorithms.sam import SAMOptimizer
+class ForwardPasses(Callback):
+    """The weights each training forward pass runs with, by the number of steps taken before it."""
 
-    trainer, _ = train_briefly({"sam": {"rho": 0.05, "interval": 1}})
-    assert isinstance(trainer.state.optimizers[0], SAMOptimizer)
+    def __init__(self) -> None:
+        self.weights_by_step: dict[int, list[torch.Tensor]] = {}
+
+    def before_forward(self, state: State, logger: Logger) -> None:
+        weight = state.model.module[1].weight.detach().clone()
+        self.weights_by_step.setdefault(int(state.timestamp.batch), []).append(weight)
+
+
+@pytest.mark.parametrize("interval", [3, "12sp"])  # Composer's steps, or samples at the batch of 4
+def test_sam_climbs_before_the_step_every_interval_steps_and_only_then(interval: int | str) -> None:
+    """On every third step SAM runs a second forward (and backward) pass, at weights it moved away from the
+    step's start (uphill along the first pass's gradient); the other steps are plain, one pass each."""
+    passes = ForwardPasses()
+    model = ComposerClassifier(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, NUM_CLASSES)), NUM_CLASSES
+    )
+    trainer = Trainer(
+        model=model,
+        train_dataloader=tensor_loader(count=24, size=4),
+        max_duration="6ba",
+        algorithms=build_algorithms(
+            OmegaConf.create({"sam": {"rho": 0.5, "interval": interval}}), global_batch_size=4
+        ),
+        callbacks=[passes],
+        device="cpu",
+        progress_bar=False,
+        seed=0,
+    )
+    trainer.fit()
+    weights = passes.weights_by_step
+    assert [len(weights[step]) for step in range(6)] == [1, 1, 2, 1, 1, 2]
+    for step in (2, 5):  # the ascent: the second pass runs away from the weights the step started at
+        start, climbed = weights[step]
+        assert not torch.allclose(start, climbed)
 
 
 def test_colout_drops_rows_and_columns() -> None:

@@ -35,12 +35,67 @@ def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"report": json.loads(output.read_text()), "stdout": finished.stdout}
 
 
-def test_every_precision_comes_plain_in_channels_last_and_compiled() -> None:
-    assert [mode.name for mode in ALL_MODES] == [
-        "fp32", "fp32+channels_last", "fp32+channels_last+compile",
-        "amp_fp16", "amp_fp16+channels_last", "amp_fp16+channels_last+compile",
-        "amp_bf16", "amp_bf16+channels_last", "amp_bf16+channels_last+compile",
-    ]  # fmt: skip
+class Recorder(torch.nn.Module):
+    """A stand-in for ResNet-50 (a convolution, then the classifier) that notes how each training step runs it:
+    the logits' dtype, the input's and the weights' memory layout, and the gradient that reaches the logits."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(4, num_classes)
+        self.seen: list[dict[str, Any]] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(self.conv(images).mean(dim=(2, 3)))
+        seen = {
+            "dtype": logits.dtype,
+            "input_channels_last": images.is_contiguous(memory_format=torch.channels_last),
+            "weights_channels_last": self.conv.weight.is_contiguous(memory_format=torch.channels_last),
+        }
+        logits.register_hook(lambda gradient: seen.update(gradient=float(gradient.float().abs().sum())))
+        self.seen.append(seen)
+        return logits
+
+
+def test_every_mode_runs_as_its_name_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU, with a small stand-in for ResNet-50: autocast to the named precision (fp32 none), the model
+    and the input in NHWC with channels_last, the loss scaled (GradScaler) under amp_fp16 alone, and the model
+    compiled with compile (built, not run: the CPU skips those modes)."""
+    built: list[Recorder] = []
+
+    def recorder(num_classes: int) -> Recorder:
+        built.append(Recorder(num_classes))
+        return built[-1]
+
+    monkeypatch.setattr(gpu_throughput.torchvision.models, "resnet50", recorder)
+    cpu = torch.device("cpu")
+    dtypes = {"fp32": torch.float32, "amp_fp16": torch.float16, "amp_bf16": torch.bfloat16}
+    runs = set()
+    for mode in ALL_MODES:
+        precision, *options = mode.name.split("+")
+        model = gpu_throughput.build_model(mode, cpu)
+        assert isinstance(model, torch._dynamo.eval_frame.OptimizedModule) == ("compile" in options), (
+            mode.name
+        )
+        assert built[-1].conv.weight.is_contiguous(memory_format=torch.channels_last) == (
+            "channels_last" in options
+        ), mode.name
+        if skip_reason(mode, cpu) is not None:
+            continue
+        gpu_throughput.measure(mode, cpu, batch_size=2, resolution=8, steps=1, warmup=0)
+        (seen,) = built[-1].seen
+        # Cross-entropy's gradient at the logits of 2 images sums to at most 2; GradScaler multiplies it by 65536.
+        scaled = seen.pop("gradient") > 1000
+        assert (seen, scaled) == (
+            {
+                "dtype": dtypes[precision],
+                "input_channels_last": "channels_last" in options,
+                "weights_channels_last": "channels_last" in options,
+            },
+            precision == "amp_fp16",
+        ), mode.name
+        runs.add((*seen.values(), scaled))
+    assert len(runs) == 6  # the six modes the CPU runs, each run its own way
 
 
 def test_cpu_skips_compilation_and_runs_the_rest() -> None:

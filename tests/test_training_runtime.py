@@ -10,6 +10,7 @@ import torch
 from composer import Trainer
 from omegaconf import OmegaConf
 
+from data import build_data
 from model import build_model
 from recipes.errors import UsageError
 from recipes.schema import ModelConfig
@@ -34,9 +35,40 @@ def test_device_gpu_without_cuda_is_a_clear_error() -> None:
         resolve_runtime(load_run_recipe("smoke", ["device=gpu"]), cuda_available=False)
 
 
-def test_per_device_batch_is_global_batch() -> None:
-    runtime = resolve_runtime(load_run_recipe("g4dn_12xlarge"), cuda_available=False)
-    assert runtime.world_size == 1 and runtime.per_device_batch_size == 1024
+def first_batch(world_size: int, rank: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, list[int]]:
+    """As rank ``rank`` of ``world_size`` processes sees it (the launcher's variables; Composer reads them
+    while no process group is formed): the runtime's per-device batch and the images of the first training
+    batch its loader yields, each by its sum of pixel values, sorted. 16 synthetic images in a global batch
+    of 8, each cropped whole (no randomness but the order)."""
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    monkeypatch.setenv("RANK", str(rank))
+    config = load_run_recipe(
+        "smoke",
+        [
+            "data.source=synthetic", "data.num_classes=4", "data.synthetic_train_samples=16",
+            "data.synthetic_val_samples=8", "data.train_resolution=8", "data.eval_resolution=8",
+            "data.crop_scale=[1.0,1.0]", "data.crop_ratio=[1.0,1.0]", "data.num_workers=0", "global_batch_size=8",
+        ],
+    )  # fmt: skip
+    runtime = resolve_runtime(config, cuda_available=False)
+    assert runtime.world_size == world_size
+    images, _ = next(iter(build_data(config).train.dataloader))
+    return runtime.per_device_batch_size, sorted(int(image.sum()) for image in images)
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_per_device_batch_is_the_global_batch_split_over_the_processes(
+    world_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of N processes gets 1/N of the global batch, and the N ranks' first batches are together the one
+    process's first batch, image for image."""
+    one_process, whole_batch = first_batch(1, 0, monkeypatch)
+    assert one_process == len(set(whole_batch)) == 8  # eight different images
+    shares = [first_batch(world_size, rank, monkeypatch) for rank in range(world_size)]
+    assert [(per_device, len(images)) for per_device, images in shares] == [
+        (8 // world_size,) * 2
+    ] * world_size
+    assert sorted(image for _, images in shares for image in images) == whole_batch
 
 
 def test_compile_switch_reaches_composer_which_compiles_the_forward() -> None:
