@@ -43,7 +43,8 @@ def resolve_recipe_path(name: str | Path | None) -> Path:
         if candidate.is_file():
             return candidate.resolve()
     raise UsageError(
-        f"Recipe '{name}' not found. Pass a YAML file path or one of: {', '.join(available_recipes())}."
+        f"Recipe '{name}' not found.{suggest(Path(str(name)).stem, available_recipes())} Pass a YAML file path "
+        f"or one of: {', '.join(available_recipes())}."
     )
 
 
@@ -146,6 +147,12 @@ def _check_times_and_batches(config: DictConfig) -> None:
     """Check the Composer time strings and the batch settings the schema's types cannot express."""
     for key in TIME_KEYS:
         parse_time(OmegaConf.select(config, key), key)
+    length = parse_time(config.max_duration, "max_duration")
+    if length.value <= 0:
+        raise UsageError(
+            f"'max_duration' is '{config.max_duration}', which trains nothing; give a positive length such as "
+            "'10ep' or '500ba'."
+        )
     microbatch = config.device_train_microbatch_size
     if isinstance(microbatch, str) and microbatch != "auto":
         raise UsageError(

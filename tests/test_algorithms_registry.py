@@ -360,3 +360,42 @@ def test_composers_own_units_stay_as_written() -> None:
 def test_malformed_batch_counted_settings_are_named_when_the_recipe_loads(override: str, key: str) -> None:
     with pytest.raises(UsageError, match=key):
         load_run_recipe("smoke", override.split())
+
+
+@pytest.mark.parametrize(
+    "algorithms",
+    [
+        {
+            "mixup": {"alpha": 0.2},
+            "cutmix": {"alpha": 1.0},
+        },  # both on every batch, as the Tiny ImageNet study
+        {"cutmix": {"alpha": 1.0}, "mixup": {"alpha": 0.2}, "label_smoothing": {"smoothing": 0.1}},
+        {"label_smoothing": {"smoothing": 0.1}, "mixup": {"alpha": 0.2}},  # Mosaic's Medium order
+        {"mixup_or_cutmix": {}, "label_smoothing": {"smoothing": 0.1}},  # torchvision's V2 order
+        {"label_smoothing": {"smoothing": 0.1}, "cutmix": {"alpha": 1.0}},
+    ],
+    ids=[
+        "mixup+cutmix",
+        "cutmix+mixup+smoothing",
+        "smoothing+mixup",
+        "mixup_or_cutmix+smoothing",
+        "smoothing+cutmix",
+    ],
+)
+def test_every_training_target_sums_to_one_whatever_mixes_and_smooths_it(algorithms: dict[str, Any]) -> None:
+    """Each image's target is a distribution over the classes after every mixing and smoothing combination."""
+    _, probe = train_briefly(algorithms)
+    for targets in probe.loss_targets:
+        assert targets.min() >= 0
+        torch.testing.assert_close(targets.sum(dim=1), torch.ones(len(targets)), atol=1e-6, rtol=0)
+
+
+def test_composers_target_check_warns_on_float_rounding_alone() -> None:
+    """Why train.py hides Composer's "less than 1 total probability" warning: three images whose targets are
+    each exactly a distribution (to float32) already trip it, as smoothed and mixed targets do by rounding."""
+    from composer.loss import soft_cross_entropy
+
+    targets = torch.full((3, 3), 1 / 3)
+    assert float(targets.sum()) < 3
+    with pytest.warns(UserWarning, match="less than 1 total probability"):
+        soft_cross_entropy(torch.zeros(3, 3), targets)

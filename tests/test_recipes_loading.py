@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,14 @@ def test_train_cli_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> 
 
     assert train.main(["smoke", "data.sorce=digits"]) == 2
     assert "Did you mean 'source'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("length", ["-4ba", "0", "0ep", "0.0dur"])
+def test_a_max_duration_that_trains_nothing_is_refused(length: str) -> None:
+    with pytest.raises(UsageError, match=rf"'max_duration' is '{re.escape(length)}', which trains nothing"):
+        load_recipe("smoke", [f"max_duration={length}"])
+
+
+def test_a_mistyped_recipe_name_gets_a_did_you_mean() -> None:
+    with pytest.raises(UsageError, match=r"Recipe 'g4dn_xlarg' not found\. Did you mean 'g4dn_xlarge'\?"):
+        resolve_recipe_path("g4dn_xlarg")
