@@ -16,7 +16,8 @@ $(PY):
 
 # The marker is rebuilt when pyproject.toml changes, so a second `make` does not reinstall.
 # mosaicml-streaming goes in without its declared dependencies (why: pyproject.toml); those it imports are there.
-# --no-cache-dir: torch's CUDA wheels are ~4 GB; a cached second copy of them once filled a CI machine's disk.
+# --no-cache-dir: torch's CUDA wheels are ~4.4 GB installed (.venv ~6.7 GB in all); a cached second copy of
+# them once filled a CI machine's disk.
 STREAMING := mosaicml-streaming==0.13.0
 $(VENV)/.installed: pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --no-cache-dir -e ".[test]"

@@ -122,8 +122,9 @@ def test_every_recipe_key_is_documented() -> None:
 
 
 def test_readme_opens_with_the_two_commands() -> None:
-    """A newcomer's first screen is how to train and how to test, before anything else."""
+    """A newcomer's first screen is how to train and how to test, under a one-line title, before anything else."""
     lines = [line for line in README.read_text(encoding="utf-8").splitlines() if line.strip()]
-    assert lines[0] == "```bash", f"README.md starts with {lines[0]!r}, not a ```bash block"
-    assert lines[1].startswith("make train"), f"README.md's second line is {lines[1]!r}"
-    assert lines[2].startswith("make test"), f"README.md's third line is {lines[2]!r}"
+    assert lines[0] == "# mosaic-resnet50", f"README.md starts with {lines[0]!r}, not its title"
+    assert lines[1] == "```bash", f"README.md's second line is {lines[1]!r}, not a ```bash block"
+    assert lines[2].startswith("make train"), f"README.md's third line is {lines[2]!r}"
+    assert lines[3].startswith("make test"), f"README.md's fourth line is {lines[3]!r}"
