@@ -65,6 +65,19 @@ def test_missing_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "nope.pt" in capsys.readouterr().err
 
 
+def test_a_missing_checkpoint_lists_the_ones_its_run_holds_or_the_runs_beside_it(
+    trained_run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped checkpoint name, or the README's run folder when the run was named otherwise: the error says
+    what there is to evaluate instead."""
+    folder = trained_run["folder"]
+    assert evaluate.main(["--checkpoint", str(folder / "ep9-ba1-rank0.pt")]) == 2
+    error = capsys.readouterr().err
+    assert f"Checkpoints in {folder}: " in error and "latest-rank0.pt" in error
+    assert evaluate.main(["--checkpoint", str(folder.parent / "smoke-default" / "latest-rank0.pt")]) == 2
+    assert f"runs in {folder.parent}: {folder.name}." in capsys.readouterr().err
+
+
 def tiny_run(folder: Path, *overrides: str) -> dict[str, Any]:
     args = [
         "smoke", f"save_folder={folder}", "max_duration=3ba", "eval_interval=3ba", "save_interval=3ba",

@@ -62,12 +62,27 @@ class CheckpointEvaluation:
     class_names: list[str]
 
 
+def checkpoints_beside(checkpoint: Path) -> str:
+    """' Checkpoints in FOLDER: a.pt, b.pt.' when the missing checkpoint's folder exists and holds some, so a
+    mistyped name or a run named otherwise (train.py's default smoke-<timestamp>) is one copy away."""
+    folder = checkpoint.parent
+    found = sorted(path.name for path in folder.glob("*.pt")) if folder.is_dir() else []
+    if found:
+        return f" Checkpoints in {folder}: {', '.join(found)}."
+    runs = (
+        sorted(path.name for path in folder.parent.glob("*") if path.is_dir())
+        if folder.parent.is_dir()
+        else []
+    )
+    return f" {folder} does not exist; runs in {folder.parent}: {', '.join(runs)}." if runs else ""
+
+
 def evaluate_checkpoint(
     checkpoint: Path, recipe: str | None, overrides: list[str], *, skip_eval: bool = False
 ) -> CheckpointEvaluation:
     """Evaluate every weight set in the checkpoint; the headline numbers are the ones train.py reported."""
     if not checkpoint.exists():
-        raise UsageError(f"Checkpoint {checkpoint} does not exist.")
+        raise UsageError(f"Checkpoint {checkpoint} does not exist.{checkpoints_beside(checkpoint)}")
     recipe_path = recipe_for(checkpoint, recipe)
     config = load_run_recipe(recipe_path, overrides)
     runtime = resolve_runtime(config)
