@@ -157,3 +157,19 @@ def test_the_final_weights_are_evaluated_once(
     summary = json.loads((tmp_path / "summary.json").read_text())
     last_eval = [line for line in read_jsonl(tmp_path / "metrics.jsonl") if line["phase"] == "eval"][-1]
     assert summary["val/acc1"] == pytest.approx(last_eval["val/acc1"])
+
+
+def test_a_bad_data_path_stops_before_any_checkpoint_folder_is_announced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error is the one line printed: no 'checkpoints: <folder>' for a folder the run never makes."""
+    folder = tmp_path / "out"
+    assert (
+        train.main(
+            ["smoke", "data.source=imagefolder", f"data.path={tmp_path / 'absent'}", f"save_folder={folder}"]
+        )
+        == 2
+    )
+    captured = capsys.readouterr()
+    assert "absent" in captured.err and "checkpoints:" not in captured.out + captured.err
+    assert not folder.exists()

@@ -314,10 +314,10 @@ def build_training(config: DictConfig, recipe_path: Path) -> TrainingRun:
     config.run_name = start.run_name
     folders = start.folders
     checkpoints = build_checkpointing(config, start.run_name, folders)
+    data = build_data(config, device=start.runtime.device, bad_image_list=start.bad_image_list)
+    # Said once the data is found: a run stopped by a bad data path has made no checkpoint folder to announce.
     for line in checkpoints.notes:
         say(line)
-
-    data = build_data(config, device=start.runtime.device, bad_image_list=start.bad_image_list)
     batches_per_epoch = len(data.train.dataloader)
     facts = RecipeFacts(start.runtime.world_size, start.runtime.device, data.num_classes, batches_per_epoch)
     announce_findings(folders.output, check_before_training(config, facts))
