@@ -17,6 +17,7 @@ from pathlib import Path
 from composer.utils import dist
 from omegaconf import DictConfig
 
+from callbacks.curve_watch import WATCH_STOPPED_EXIT_STATUS, BelowReference
 from callbacks.preemption import PREEMPTED_EXIT_STATUS, Preempted
 from callbacks.ranks import say
 from callbacks.training_doctor import DOCTOR_STOPPED_EXIT_STATUS, TrainingStopped
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: exit status 0 on success, 2 on a usage error (with the message, not a traceback), 75 when
     stopped by SIGTERM after saving a checkpoint (relaunch to resume; scripts/run_until_done.sh does), 3 when
     the training doctor stopped a run on a fatal finding (a NaN loss: the finding is printed and in
-    findings.jsonl, the state saved for inspection; relaunching unchanged would fail the same way)."""
+    findings.jsonl, the state saved for inspection; relaunching unchanged would fail the same way), 4 when the
+    curve watch stopped a run that fell watch.stop_below points under its reference (checkpointed)."""
     args = parse_args(argv)
     silence_expected_warnings()
     try:
@@ -103,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as stop:
         say(str(stop))
         return DOCTOR_STOPPED_EXIT_STATUS
+    except BelowReference as stop:
+        say(str(stop))
+        return WATCH_STOPPED_EXIT_STATUS
     return 0
 
 

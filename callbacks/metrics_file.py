@@ -12,6 +12,7 @@ from composer.core import State
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 
+from callbacks.curve_watch import WATCH_PREFIX
 from callbacks.knn_monitor import KNN_PREFIX
 from callbacks.metric_names import VALIDATION_LABEL, as_float
 
@@ -19,8 +20,9 @@ from callbacks.metric_names import VALIDATION_LABEL, as_float
 # epoch already): the metrics file leaves them out to stay readable.
 COMPOSER_DUPLICATE_PREFIXES = ("metrics/", "loss/", "lr-", "time/", "trainer/")
 # Evaluations, each written as its own line whatever the training lines' interval: the validation set's
-# metrics, and the k-NN monitor's (logged at an epoch's last step, which the training lines may skip).
-EVALUATION_PREFIXES = (f"{VALIDATION_LABEL}/", KNN_PREFIX)
+# metrics, the curve watch's comparison of them, and the k-NN monitor's (logged at an epoch's last step, which the
+# training lines may skip).
+EVALUATION_PREFIXES = (f"{VALIDATION_LABEL}/", WATCH_PREFIX, KNN_PREFIX)
 
 
 class MetricsFile(LoggerDestination):

@@ -537,6 +537,24 @@ class ParallelismConfig:
 
 
 @dataclass
+class WatchConfig:
+    """The curve watch: each validation top-1 against a reference curve at the same fraction of the schedule
+    (callbacks/curve_watch.py). Off while ``reference`` is null."""
+
+    # What the run is compared with: a name in recipes/reference_curves/ ("ffcv_rn50"; the curve nearest the run's
+    # length in epochs), or a finished run's folder (runs/NAME: its metrics.jsonl and recipe.yaml); null: no watch.
+    reference: str | None = None
+    # Half-width of the band in points of top-1; null: 2.8 x the noise of one of the reference's evaluations.
+    band: float | None = None
+    # Composer time before which the watch only reports, no finding and no stop: early curves are steep, and a run
+    # a few steps ahead of or behind the reference is many points off it.
+    grace: str = "0.25dur"
+    # Points of top-1 under the reference at two evaluations in a row (after grace) that checkpoint and stop the
+    # run (exit status 4); null: never stops.
+    stop_below: float | None = None
+
+
+@dataclass
 class ProfilerConfig:
     """Composer's profiler with the torch profiler over a window of steps, and where each step's time went.
 
@@ -633,4 +651,5 @@ class RecipeConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     profiler: ProfilerConfig = field(default_factory=ProfilerConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
     parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)

@@ -24,6 +24,7 @@ from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
 from algorithms.registry import build_algorithms
+from callbacks.curve_watch import build_curve_watch, raise_if_below_reference, read_watch_reference
 from callbacks.doctor_rules import ContrastiveDiagnosis, ContrastiveObjective, Diagnosis, official_moco_lr
 from callbacks.findings import announce_findings
 from callbacks.knn_monitor import KnnMonitor
@@ -292,6 +293,7 @@ class TrainingRun:
             say(bad_images)
         say(f"outputs in {folders.output}/ (checkpoints, {SAVED_RECIPE}, metrics.jsonl, summary.json)")
         raise_if_stopped(self.doctor)
+        raise_if_below_reference(self.doctor)
         return summary
 
 
@@ -310,6 +312,7 @@ def build_training(config: DictConfig, recipe_path: Path) -> TrainingRun:
     on S3), the data, the recipe checks (before the model is built), then the model and the rest."""
     started = time.perf_counter()
     check_autoresume(config)
+    watch_reference = read_watch_reference(config)  # a bad reference file fails before any work
     start = start_run(config, recipe_path)
     config.run_name = start.run_name
     folders = start.folders
@@ -330,7 +333,13 @@ def build_training(config: DictConfig, recipe_path: Path) -> TrainingRun:
         config.scheduler, optimizer, config.max_duration, batches_per_epoch, config.global_batch_size
     )
     algorithms = build_algorithms(config.algorithms, global_batch_size=config.global_batch_size)
-    doctor = build_doctor(config, data.num_classes, folders.output, batches_per_epoch)
+    # The curve watch reports through the doctor's findings and stops a run as the doctor does.
+    doctor = [
+        *build_doctor(config, data.num_classes, folders.output, batches_per_epoch),
+        *build_curve_watch(
+            config, watch_reference, folders.output, folders.save, batches_per_epoch, data.val_size
+        ),
+    ]
     recipe = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
     loggers, metrics_file = build_loggers(
         config.logging, folders.output, start.run_name, recipe, resume=config.autoresume

@@ -1,9 +1,12 @@
-"""The end-to-end tier: checked for the disk and memory it needs before any of it starts."""
+"""The end-to-end tier: checked for the disk and memory it needs before any of it starts; the smoke recipe's run,
+trained once for every claim that reads it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -39,3 +42,18 @@ def enough_resources(tmp_path_factory: pytest.TempPathFactory) -> None:
     missing = shortfalls(tmp_path_factory.getbasetemp())
     if missing:
         pytest.exit("make proof cannot run here: " + "; ".join(missing), returncode=3)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, digits_cache: Path) -> dict[str, Any]:
+    """`make train`'s run: recipes/smoke.yaml with nothing changed but where it writes and the progress bar;
+    trained once for the smoke recipe's own claims and as the curve watch's reference."""
+    import train
+
+    folder = tmp_path_factory.mktemp("smoke") / "run"
+    status = train.main(
+        ["recipes/smoke.yaml", f"save_folder={folder}", "run_name=smoke-test", f"data.cache_dir={digits_cache}",
+         "logging.progress_bar=false"]
+    )  # fmt: skip
+    assert status == 0
+    return {"folder": folder, "summary": json.loads((folder / "summary.json").read_text())}

@@ -10,21 +10,8 @@ from typing import Any
 import pytest
 
 import evaluate
-import train
 from callbacks.findings import read_findings
 from tests.test_train import SMOKE_ACCURACY_BAR, read_jsonl
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory, digits_cache: Path) -> dict[str, Any]:
-    """`make train`'s run: recipes/smoke.yaml with nothing changed but where it writes and the progress bar."""
-    folder = tmp_path_factory.mktemp("smoke") / "run"
-    status = train.main(
-        ["recipes/smoke.yaml", f"save_folder={folder}", "run_name=smoke-test", f"data.cache_dir={digits_cache}",
-         "logging.progress_bar=false"]
-    )  # fmt: skip
-    assert status == 0
-    return {"folder": folder, "summary": json.loads((folder / "summary.json").read_text())}
 
 
 def test_smoke_recipe_learns_on_digits(smoke_run: dict[str, Any], record_property: Any) -> None:
