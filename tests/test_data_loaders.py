@@ -28,6 +28,7 @@ from torchvision.datasets import VisionDataset
 
 from data import SOURCES, build_data
 from data.fast_transforms import NormalizeBatch
+from data.loaders import start_workers
 from data.resumable_sampler import ResumableSampler, SampleKey, sample_seed, skips_seen_batches
 from recipes.errors import UsageError
 from recipes.schema import IMAGENET_MEAN, IMAGENET_STD, DataSource, RecipeConfig
@@ -401,3 +402,21 @@ def test_repeated_copies_of_an_image_are_cropped_differently_in_one_batch() -> N
 def test_bad_repeated_augmentation_names_the_key_and_the_fix(data: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         build_data(synthetic_recipe(data=data))
+
+
+def test_started_validation_workers_exist_before_the_first_pass_and_lose_no_batch() -> None:
+    """``start_workers`` forks the validation workers before training (so not from the grown process at the first
+    evaluation), and the evaluation that follows still reads every image once, in order."""
+    config = synthetic_recipe(data={"num_workers": 1, "persistent_workers": True}, eval_batch_size=3)
+    loader = build_data(config).val.dataloader
+    assert loader._iterator is None  # a DataLoader forks its workers on its first iter()
+    start_workers(None)  # a run without a k-NN bank
+    start_workers(DataSpec(loader))
+    workers = loader._iterator._workers
+    assert len(workers) == 1 and workers[0].is_alive()
+    expected = [
+        labels.tolist() for _, labels in build_data(synthetic_recipe(eval_batch_size=3)).val.dataloader
+    ]
+    assert [labels.tolist() for _, labels in loader] == expected
+    assert loader._iterator._workers == workers  # the same workers, persistent
+    loader._iterator._shutdown_workers()  # not left to the garbage collector, which holds up the next test
