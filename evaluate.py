@@ -18,14 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from composer.utils import dist
-
-from callbacks.ranks import say
 from recipes.errors import UsageError, user_message
 from recipes.loading import SAVED_RECIPE
-from tools.export import check_export_folder, describe_export, export_checkpoint
-from training.evaluation import evaluate_checkpoint
-from training.runtime import silence_expected_warnings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,7 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate the checkpoint, then export it when asked (checking the export folder first: evaluation can
-    take minutes)."""
+    take minutes). The training stack (torch, Composer: seconds to import) loads here, so ``--help`` is quick."""
+    from composer.utils import dist
+
+    from tools.export import check_export_folder, export_checkpoint
+    from training.evaluation import evaluate_checkpoint
+
     if args.no_eval and args.export is None:
         raise UsageError("--no-eval skips the evaluation, which leaves nothing to do without --export DIR.")
     if args.export is not None:
@@ -77,6 +76,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit status 0 on success, 2 on a usage error (with the message, not a traceback)."""
     args = parse_args(argv)
+    from composer.utils import dist
+
+    from callbacks.ranks import say
+    from tools.export import describe_export
+    from training.runtime import silence_expected_warnings
+
     silence_expected_warnings()
     try:
         results = run(args)

@@ -21,7 +21,6 @@ shared step reading, and logs it beside the loss.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +230,8 @@ class TrainingDoctor(ReadsStep, Callback):
 
 
 def doctor_summary(doctor: list[Callback], state: State, *, weights_finite: bool) -> dict[str, Any]:
-    """What summary.json carries in every run: the count of doctor findings, the findings, what stopped it.
+    """What summary.json carries in every run: the count of doctor findings and what stopped it (its
+    ``findings`` list is the run folder's whole record, training.summary.build_summary).
 
     Non-finite weights are not evaluated at the end, so their validation metrics are null (these keys override
     build_summary's) rather than the stale or never-updated values Composer still holds.
@@ -244,7 +244,6 @@ def doctor_summary(doctor: list[Callback], state: State, *, weights_finite: bool
         **not_evaluated,
         "weights_finite": weights_finite,
         "doctor_findings": len(findings),
-        "findings": [asdict(finding) for finding in findings],
         "stopped_by_doctor": stopping.code if stopping else None,
     }
 

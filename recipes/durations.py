@@ -11,14 +11,20 @@ step, and a count of samples lasts until the step that reaches it. A bare ``0`` 
 from __future__ import annotations
 
 import math
-
-from composer.core import Time, TimeUnit
+from typing import TYPE_CHECKING
 
 from recipes.errors import UsageError
+
+if TYPE_CHECKING:
+    from composer.core import Time
 
 
 def parse_time(value: object, key: str) -> Time:
     """The Composer ``Time`` a recipe value stands for; an error naming ``key`` when it is not one."""
+    # Imported here: importing Composer takes seconds (it loads torch), and ``recipes.loading`` reaches this module
+    # while train.py checks a recipe's schema before the training stack is needed.
+    from composer.core import Time, TimeUnit
+
     text = str(value).strip()
     if text == "0":
         return Time(0, TimeUnit.BATCH)
@@ -48,6 +54,8 @@ def steps_in(
     ``batches_per_epoch`` is each process's training loader length; ``total_steps`` the run's length, which a
     fraction of the run (``dur``) needs and ``max_duration`` itself does not have yet.
     """
+    from composer.core import TimeUnit  # parse_time says why it is imported here
+
     time = parse_time(value, key)
     if time.value == 0:
         return 0

@@ -16,7 +16,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from recipes.durations import parse_time
 from recipes.errors import UsageError, suggest
-from recipes.schema import RecipeConfig
+from recipes.schema import DataSource, RecipeConfig, Task
 
 RECIPES_DIR = Path(__file__).resolve().parent
 DEFAULT_RECIPE = RECIPES_DIR / "smoke.yaml"
@@ -180,5 +180,24 @@ def load_recipe(name: str | Path | None = None, overrides: list[str] | None = No
 
 
 def recipe_to_yaml(config: DictConfig) -> str:
-    """The resolved recipe as YAML: what ``--print-config`` shows and what runs save beside checkpoints."""
+    """The resolved recipe as YAML, every key: what runs save beside checkpoints and ``--print-config --all`` shows."""
     return OmegaConf.to_yaml(config)
+
+
+def recipe_in_use_to_yaml(config: DictConfig) -> str:
+    """The resolved recipe as YAML without what this run does not read: what ``--print-config`` shows.
+
+    Left out, each only where the run ignores it: ``moco`` and ``data.two_views`` outside task=moco_v3,
+    ``data.streaming`` outside data.source=streaming; a switched-off ``profiler`` or ``doctor`` shows only
+    ``enabled: false``. Loaded back as a recipe, the output gives the same run: what is left out is either
+    unread by it or filled in again by the schema.
+    """
+    recipe = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
+    if config.task != Task.moco_v3:
+        del recipe["moco"], recipe["data"]["two_views"]
+    if config.data.source != DataSource.streaming:
+        del recipe["data"]["streaming"]
+    for section in ("profiler", "doctor"):
+        if not config[section].enabled:
+            recipe[section] = {"enabled": False}
+    return OmegaConf.to_yaml(recipe)

@@ -430,7 +430,8 @@ class SchedulerConfig:
 
 @dataclass
 class LoggingConfig:
-    """Console, metrics file and Weights & Biases."""
+    """Console, metrics file, and the loggers people already watch: Weights & Biases, TensorBoard, MLflow (each
+    gets every metric under the same names), and Slack for the doctor's findings."""
 
     progress_bar: bool = True
     # Plain-text metric lines on the console, every `console_log_interval`.
@@ -445,6 +446,15 @@ class LoggingConfig:
     wandb_mode: WandbMode = WandbMode.online
     # wandb's run group (tools.ablate sets the study's name, so a study's runs are shown together).
     wandb_group: str | None = None
+    # Composer's TensorboardLogger: event files under <run folder>/tensorboard/<run_name>/ (the tensorboard extra).
+    tensorboard: bool = False
+    # Composer's MLFlowLogger: an MLflow run named after this one (the mlflow extra).
+    mlflow: bool = False
+    # The MLflow tracking server or store; null: MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db).
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "mosaic-resnet50"
+    # Post each finding of the doctor and the curve watch to the Slack incoming webhook in SLACK_WEBHOOK_URL.
+    slack_findings: bool = False
 
 
 @dataclass
@@ -555,6 +565,23 @@ class WatchConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """The budget guard: measured throughput projects the run's finish time and cost, once an epoch; a warning when
+    the projection passes a limit, a checkpoint and a stop before the spend does (callbacks/budget_guard.py). On
+    when a price is known (the hardware's instance, or usd_per_hour) or a limit is set; silent otherwise."""
+
+    # Dollars per hour of the whole machine: null = the recipe hardware's instance price (training/hardware.py);
+    # a number (another provider, a reserved price); or "spot": the instance type's current AWS spot price.
+    usd_per_hour: int | float | str | None = None
+    # Dollars the run may spend, earlier launches of a resumed run included; null: no limit.
+    max_usd: float | None = None
+    # Wall-clock hours the run may take, earlier launches included; null: no limit.
+    max_hours: float | None = None
+    # AWS region whose spot price usd_per_hour=spot reads; null: AWS_DEFAULT_REGION, else us-east-1.
+    region: str | None = None
+
+
+@dataclass
 class ProfilerConfig:
     """Composer's profiler with the torch profiler over a window of steps, and where each step's time went.
 
@@ -652,4 +679,5 @@ class RecipeConfig:
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     profiler: ProfilerConfig = field(default_factory=ProfilerConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)

@@ -170,7 +170,7 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(
     assert (one_process.summary["world_size"], one_process.summary["per_device_batch_size"]) == (1, 4)
     assert (two_processes.summary["world_size"], two_processes.summary["per_device_batch_size"]) == (2, 2)
     # The LR rule reads the global batch, not the per-device one.
-    assert two_processes.summary["lr"] == one_process.summary["lr"] == pytest.approx(3.2 * 4 / 256)
+    assert two_processes.summary["peak_lr"] == one_process.summary["peak_lr"] == pytest.approx(3.2 * 4 / 256)
     assert_same_training(two_processes, one_process)
 
 

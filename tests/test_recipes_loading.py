@@ -138,7 +138,7 @@ def test_print_config_shows_resolved_recipe(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_print_config_shows_the_lr_and_weight_decay_applied_at_the_batch(
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The recipe keeps the per-256 LR and the decay tuned at 2048; what batch 1024 applies follows as comments,
     so the output still loads as the same recipe."""
@@ -148,7 +148,27 @@ def test_print_config_shows_the_lr_and_weight_decay_applied_at_the_batch(
     out = capsys.readouterr().out
     assert "#   LR 1.024 = base_lr 0.256 per 256 images x 4" in out
     assert "#   weight decay 0.00025 = 0.0005 tuned at batch 2048 x 0.5" in out
-    assert yaml.safe_load(out) == yaml.safe_load(recipe_to_yaml(load_recipe("g4dn_12xlarge")))
+    printed = write(tmp_path / "printed.yaml", out)
+    assert recipe_to_yaml(load_recipe(printed)) == recipe_to_yaml(load_recipe("g4dn_12xlarge"))
+
+
+def test_print_config_shows_what_the_run_reads_and_all_with_a_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A supervised recipe's --print-config leaves MoCo's section and the switched-off profiler's settings out;
+    --all shows them; either output, loaded back as a recipe, is the same run."""
+    import train
+
+    assert train.main(["smoke", "--print-config"]) == 0
+    shown = capsys.readouterr().out
+    assert train.main(["smoke", "--print-config", "--all"]) == 0
+    everything = capsys.readouterr().out
+    assert "moco" not in yaml.safe_load(shown) and "moco" in yaml.safe_load(everything)
+    assert yaml.safe_load(shown)["profiler"] == {"enabled": False}
+    assert "#   weight decay" in shown and "#   weight decay" in everything
+    full = recipe_to_yaml(load_recipe("smoke"))
+    for printed in (shown, everything):
+        assert recipe_to_yaml(load_recipe(write(tmp_path / "printed.yaml", printed))) == full
 
 
 def test_train_cli_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:

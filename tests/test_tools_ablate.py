@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-import train
 from recipes.errors import UsageError
 from recipes.studies import load_study
 from tools import ablate
 from tools.ablation_results import HELPS, HURTS, WITHIN_NOISE, paired_difference
+from training.preflight import load_run_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,8 +83,7 @@ def test_one_at_a_time_writes_plus_and_minus_variants(tmp_path: Path) -> None:
     study = load_study(path)
     ablate.check_study(study)
     configs = {
-        variant.name: train.load_run_recipe(study.recipe, list(variant.overrides))
-        for variant in study.variants
+        variant.name: load_run_recipe(study.recipe, list(variant.overrides)) for variant in study.variants
     }
     assert configs["base"].algorithms.blurpool is not None
     assert configs["no_blurpool"].algorithms.blurpool is None
@@ -138,7 +137,7 @@ def test_shipped_studies_are_valid(path: Path) -> None:
 def test_command_line_overrides_reach_every_run_but_not_over_a_variant(tmp_path: Path) -> None:
     path = study_file(tmp_path, "recipe: smoke\nvariants: {small: {data.train_resolution: 24}}\n")
     study = load_study(path, ["data.train_resolution=40", "data.path=/data/mine"])
-    configs = [train.load_run_recipe(study.recipe, list(variant.overrides)) for variant in study.variants]
+    configs = [load_run_recipe(study.recipe, list(variant.overrides)) for variant in study.variants]
     assert [config.data.path for config in configs] == ["/data/mine", "/data/mine"]
     assert [config.data.train_resolution for config in configs] == [40, 24]
     with pytest.raises(UsageError, match="The command line sets 'seed'"):

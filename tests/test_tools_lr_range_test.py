@@ -15,8 +15,8 @@ from composer.optim import DecoupledAdamW
 
 import train
 from tests.test_train import tiny_synthetic_overrides
-from tools.lr_range_curve import MINIMUM_ITERATIONS, RangeTestSettings
-from tools.lr_range_test import RangeTestRecorder
+from tools.lr_range_curve import MINIMUM_ITERATIONS, LossCurve, RangeTestSettings, analyse
+from tools.lr_range_test import RangeTestRecorder, RangeTestResult, plot_marks, plot_range_test
 from training.optimization import base_lr_for, scale_learning_rate
 from training.preflight import load_run_recipe
 
@@ -45,11 +45,35 @@ def test_writes_the_curve_as_json_and_a_real_png(short_range_test: dict[str, Any
     assert len(steps) == result["steps_run"] and result["stop_reason"]
     lrs = [step["lr"] for step in steps]
     assert lrs[0] == pytest.approx(result["settings"]["min_lr"]) and lrs == sorted(lrs)
-    assert all({"loss", "smoothed_loss", "smoothed_lr"} <= set(step) for step in steps)
+    assert all({"loss", "smoothed_loss"} <= set(step) for step in steps)
+    # Stopped early only if it stopped before its last iteration; diverged only if the stop reason says so.
+    assert result["stopped_early"] == (result["steps_run"] < result["settings"]["iterations"])
+    assert result["diverged"] == result["stop_reason"].startswith(("diverged", "the loss became"))
+    # The recipe's own LR (the peak its run would apply) is in the JSON beside the suggestions.
+    assert result["recipe_lr"] == pytest.approx(scale_learning_rate(result["recipe_base_lr"], 8, "linear").lr)
     header = (short_range_test["folder"] / "lr_range_test.png").read_bytes()[:24]
     assert header[:8] == PNG_SIGNATURE
     width, height = struct.unpack(">II", header[16:24])
     assert width >= 600 and height >= 400
+
+
+def test_plot_marks_the_recipe_lr_and_says_diverged_only_when_it_did(tmp_path: Path) -> None:
+    """A synthetic valley that never diverges, plotted: the recipe's LR is one of the marks and the title has no
+    'diverged' (the smoke sweep's title once said "diverged at LR 1" while its plot showed no divergence)."""
+    settings = RangeTestSettings(1e-6, 1.0, 40)
+    curve = LossCurve(settings)
+    for step in range(settings.iterations):
+        curve.record(settings.min_lr * settings.multiplier(step), 1.0 + 0.05 * (step - 25) ** 2 / 25)
+    result = RangeTestResult(
+        recipe_path="recipes/smoke.yaml", output_folder=tmp_path, optimizer_name="decoupled_adamw",
+        global_batch_size=32, lr_scaling="linear", recipe_base_lr=0.008, recipe_lr=0.001, algorithms_used=[],
+        algorithms_left_out={}, curve=curve, analysis=analyse(curve, 32, "linear"), wall_time_s=0.0,
+    )  # fmt: skip
+    recipe_marks = [label for label, lr, *_ in plot_marks(result) if lr == 0.001]
+    assert recipe_marks and "base_lr 0.008" in recipe_marks[0]
+    assert not curve.diverged and "diverged" not in curve.stop_reason.replace("without diverging", "")
+    assert "diverged" not in curve.headline and "did not diverge up to LR 1" in curve.headline
+    assert plot_range_test(result, tmp_path / "plot.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_apply_writes_a_loadable_copy_and_leaves_the_original(short_range_test: dict[str, Any]) -> None:

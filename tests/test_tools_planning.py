@@ -6,6 +6,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -392,3 +393,112 @@ def test_readme_and_recipe_header_quote_the_plan(
         )
         if expected_cost is not None and plan.time.usd_per_hour:
             assert any(cost == pytest.approx(expected_cost, rel=0.15) for cost in costs), (where, costs)
+
+
+def test_a_derived_gpu_figure_is_planned_as_the_range_of_its_two_derivations(
+    tmp_path: Path, digits_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The T4's training figure is derived from its inference figure two ways (NVIDIA's V100 training/inference
+    ratio, and Lambda's measured V100 training over NVIDIA's V100 inference); the plan shows the time at both. A
+    measured figure (V100) has one."""
+    t4 = GPU_TYPES["T4"]
+    assert t4.amp_images_per_second == round(1198 * 1200 / 3382)  # NVIDIA's README, both ratios' terms
+    assert t4.alternative.amp_images_per_second == round(1198 * 833 / 3382)  # Lambda's V100 16GB fp16: 833
+    monkeypatch.setattr(estimates, "measure_loader", lambda *arguments: FAST_LOADER)
+    plan = plan_run(
+        recipe("g4dn_xlarge", tmp_path, digits_cache), "g4dn_xlarge", measure_seconds=MEASURE_SECONDS
+    )
+    other = plan.time.alternative
+    ratio = t4.amp_images_per_second / t4.alternative.amp_images_per_second
+    # Bound by compute alone (the loader is far faster), the whole run takes longer by the figures' ratio.
+    assert other.total_hours == pytest.approx(plan.time.total_hours * ratio)
+    report = plan.report()
+    assert f"{other.compute_images_per_second:,.0f} img/s at the other derivation" in report
+    assert "LambdaCloud V100 16GB" in report and "plan for the range" in report
+    v100 = plan_run(
+        recipe("g4dn_xlarge", tmp_path, digits_cache, "hardware=1xV100 (p3.2xlarge)"),
+        "g4dn_xlarge",
+        measure_seconds=MEASURE_SECONDS,
+    )
+    assert v100.time.alternative is None and "other derivation" not in v100.report()
+
+
+def test_plan_states_the_resolution_schedule_and_the_loader_extrapolation(
+    tmp_path: Path, digits_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """g4dn_12xlarge resizes 88 -> 176 px: compute at 88 px is four times that at 176 px, the run's average lies
+    between; its 40 loader cores are one measured core's pace x 40, and the report says so."""
+    fixed = LoaderMeasurement(88, 1e-3, 176, 2e-3, 1e-3, "fixed")
+    monkeypatch.setattr(estimates, "measure_loader", lambda *arguments: fixed)
+    plan = plan_run(
+        recipe("g4dn_12xlarge", tmp_path, digits_cache), "g4dn_12xlarge", measure_seconds=MEASURE_SECONDS
+    )
+    time = plan.time
+    assert time.smallest_side == 88
+    assert time.compute_at_smallest_side == pytest.approx(4 * time.compute_images_per_second)
+    assert time.compute_images_per_second < time.average_images_per_second < time.compute_at_smallest_side
+    assert time.average_images_per_second == pytest.approx(112_590 * 1024 / (time.train_hours * 3600))
+    # 2 ms per image per core at 176 px: the compute needs its rate x 2 ms cores.
+    assert time.loader_cores_needed == pytest.approx(time.compute_images_per_second * 2e-3)
+    report = plan.report()
+    assert "the network sees 88 px at first" in report
+    assert "x 40 worker core(s), extrapolated linearly from 1 core measured" in report
+    assert f"the compute would need {time.loader_cores_needed:,.1f} cores" in report
+
+
+def test_a_subset_is_labelled_by_the_keys_that_cut_it(tmp_path: Path) -> None:
+    absent = f"data.path={tmp_path / 'absent'}"
+    colab = published_size(load_run_recipe("colab", []))
+    assert colab.train_images == 10_000
+    assert colab.origin.startswith(
+        "a subset by data.subset_size=small, data.val_subset_size=5000 of ImageNet-1k's published size"
+    )
+    classes = published_size(load_run_recipe("g4dn_xlarge", [absent]))
+    assert "data.max_classes=100, data.max_samples_per_class=250 of" in classes.origin
+    assert "val_subset_size" not in classes.origin  # 100 classes x 50 is what max_classes leaves
+    whole = published_size(load_run_recipe("g4dn_12xlarge", [absent]))
+    assert whole.origin.startswith("ImageNet-1k's published size (1,281,167 / 50,000)")
+
+
+def test_plan_uses_a_finished_runs_measured_throughput(
+    trained_run: dict[str, Any], digits_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given (--calibrate-from) or found in the save folder of the recipe's run_name, a finished run of the
+    same recipe on the same hardware sets the training time: the run's images at its measured images/s."""
+    monkeypatch.setattr(estimates, "measure_loader", lambda *arguments: FAST_LOADER)
+    monkeypatch.setattr(estimates, "cpu_training_images_per_second", lambda *arguments: 20.0)
+    folder, summary = trained_run["folder"], trained_run["summary"]
+    measured = summary["throughput/samples_per_sec"]
+    given = plan_run(
+        load_run_recipe("smoke", [f"data.cache_dir={digits_cache}"]),
+        "recipes/smoke.yaml",
+        measure_seconds=MEASURE_SECONDS,
+        calibrate_from=folder,
+    )
+    assert given.time.train_hours == pytest.approx(440 * 32 / measured / 3600, rel=1e-6)
+    assert f"{folder / 'summary.json'} (--calibrate-from)" in given.report()
+    found = plan_run(
+        load_run_recipe(
+            "smoke", [f"data.cache_dir={digits_cache}", f"save_folder={folder}", "run_name=trained"]
+        ),
+        "recipes/smoke.yaml",
+        measure_seconds=MEASURE_SECONDS,
+    )
+    assert found.time.train_hours == given.time.train_hours
+    assert "(found in the save folder of run_name=trained)" in found.report()
+
+
+def test_calibrating_from_a_run_that_does_not_fit_is_a_usage_error(
+    trained_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = trained_run["folder"]
+    other = load_run_recipe("g4dn_xlarge", [f"data.path={tmp_path / 'absent'}"])
+    with pytest.raises(UsageError) as error:
+        plan_run(other, "recipes/g4dn_xlarge.yaml", calibrate_from=folder)
+    message = str(error.value)
+    assert str(folder / "summary.json") in message
+    assert "recipe smoke.yaml, not g4dn_xlarge.yaml" in message and "hardware 'cpu (2 cores)'" in message
+    assert "plan without --calibrate-from" in message
+    # A folder without a summary (no finished run): exit status 2 and the file named, before any measuring.
+    assert train.main(["smoke", "--plan", "--calibrate-from", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'summary.json'} does not exist" in capsys.readouterr().err

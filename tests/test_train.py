@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +175,31 @@ def test_a_bad_data_path_stops_before_any_checkpoint_folder_is_announced(
     captured = capsys.readouterr()
     assert "absent" in captured.err and "checkpoints:" not in captured.out + captured.err
     assert not folder.exists()
+
+
+def test_help_and_a_mistyped_key_answer_before_the_training_stack_loads() -> None:
+    """``train.py --help``, ``evaluate.py --help`` and a recipe's schema error, in a fresh interpreter, import
+    neither torch nor Composer (seconds of imports they do not need)."""
+    probe = "\n".join(
+        [
+            "import sys, evaluate, train",
+            "for main in (train.main, evaluate.main):",
+            "    try:",
+            "        main(['--help'])",
+            "    except SystemExit as stop:",
+            "        assert stop.code == 0",
+            "assert train.main(['smoke', 'optimizer.bse_lr=1']) == 2",
+            "print('loaded:', sorted({name.split('.')[0] for name in sys.modules} & {'torch', 'composer'}))",
+        ]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--print-config" in result.stdout and "--checkpoint" in result.stdout
+    assert "Did you mean 'base_lr'" in result.stderr
+    assert result.stdout.splitlines()[-1] == "loaded: []"

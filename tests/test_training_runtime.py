@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from composer import Trainer
 from omegaconf import OmegaConf
 
+import train
 from data import build_data
 from model import build_model
 from recipes.errors import UsageError
 from recipes.schema import ModelConfig
+from tests.test_train import tiny_synthetic_overrides
+from training import trainer
 from training.preflight import load_run_recipe
 from training.runtime import resolve_runtime, start_distributed
 
@@ -119,3 +123,27 @@ def test_the_process_group_waits_dist_timeout_for_the_other_ranks(monkeypatch: p
     assert "Timeout" in name or "Store" in name or "timed out" in str(failure.value), repr(failure.value)
     assert 3 <= time.monotonic() - started < 30
     assert not torch.distributed.is_initialized()
+
+
+def test_composer_config_banner_is_dropped_and_its_warnings_kept(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny run on a terminal with both of Composer's consoles on (its bar and its metric lines): neither prints
+    Composer's hyperparameter banner (``node_name: unknown because NODENAME ...``), while Composer's own warning
+    about the two consoles together still reaches the user."""
+    monkeypatch.setattr(trainer, "console_is_terminal", lambda: True)
+    overrides = [
+        *tiny_synthetic_overrides(tmp_path),
+        "model.name=resnet18",
+        "max_duration=1ba",
+        "eval_interval=1ba",
+        "save_interval=1ba",
+        "logging.progress_bar=true",
+        "logging.log_to_console=true",
+    ]
+    with pytest.warns(UserWarning, match="Setting both `progress_bar` and `log_to_console`"):
+        assert train.main(["smoke", *overrides]) == 0
+    captured = capfd.readouterr()
+    console = captured.out + captured.err
+    assert "Eval metrics/val/acc1" in console  # Composer's console spoke
+    assert "NODENAME" not in console and "num_cpus_per_node" not in console and "Config:" not in console

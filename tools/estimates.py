@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from algorithms.data_progressive_resizing import pinned_size, scale_at
 from algorithms.registry import enabled_algorithms, in_steps
+from algorithms.resolutions import resolution_schedule
+from callbacks.budget_guard import cost_usd
 from recipes.durations import steps_in
 from recipes.errors import UsageError
 from recipes.schema import Task
@@ -28,14 +29,20 @@ from tools.measurements import (
     sample_datasets,
     sample_image_size,
 )
+from training.budget import recipe_price
+from training.calibration import MeasuredThroughput
 from training.hardware import (
     END_TO_END_RANGE,
     MULTI_GPU_EFFICIENCY,
     MULTI_GPU_EFFICIENCY_SOURCE,
+    GpuType,
     Hardware,
 )
 from training.preflight import smallest_resized_side
 
+# The loader is timed on one worker in one thread (tools.measurements.images_per_second); a machine's worker
+# cores multiply that pace, which assumes decoding scales linearly with cores.
+LOADER_MEASURED_CORES = 1
 # CUDA context (~0.3-0.5 GiB for PyTorch with lazily loaded kernels) plus cuDNN workspaces and
 # caching-allocator fragmentation: an allowance, stated rather than measured.
 CUDA_ALLOWANCE_GIB = 1.0
@@ -91,6 +98,15 @@ class MemoryEstimate:
 
 
 @dataclass(frozen=True)
+class AlternativeEstimate:
+    """The same plan at a derived GPU figure's other derivation (training.hardware.AlternativeThroughput)."""
+
+    compute_images_per_second: float
+    total_hours: float
+    origin: str
+
+
+@dataclass(frozen=True)
 class TimeEstimate:
     """Wall time and cost of the whole run."""
 
@@ -114,6 +130,22 @@ class TimeEstimate:
     # only): NVIDIA's measured end-to-end runs for GPUs (training.hardware.END_TO_END_RANGE); 1x for CPU recipes,
     # whose throughput is measured here on the recipe's own step.
     end_to_end: tuple[float, float] = (1.0, 1.0)
+    # The range the network sees under progressive resizing: its smallest side and the compute rate there
+    # (``compute_images_per_second`` is at the full side), and the average over the run's schedule, each segment
+    # at the slower of compute and loading.
+    smallest_side: int = 0
+    compute_at_smallest_side: float = 0.0
+    average_images_per_second: float = 0.0
+    # Cores the loader is measured on here (one worker, one thread), and the cores at that pace the compute
+    # needs at the full side: ``loader_cores`` / ``loader_measured_cores`` is a linear extrapolation.
+    loader_measured_cores: int = 1
+    loader_cores_needed: float = 0.0
+    # A derived GPU figure's other derivation: the same plan at that figure (None for measured figures).
+    alternative: AlternativeEstimate | None = None
+    # A finished run's measured throughput: when given, ``train_hours`` is the run's images at it, ``eval_hours``
+    # scaled by the same factor, and ``modelled_hours`` the total the published figures give.
+    measured: MeasuredThroughput | None = None
+    modelled_hours: float | None = None
 
     @property
     def total_hours(self) -> float:
@@ -121,13 +153,21 @@ class TimeEstimate:
 
     @property
     def cost_usd(self) -> float | None:
-        return None if self.usd_per_hour is None else self.total_hours * self.usd_per_hour
+        return cost_usd(self.total_hours, self.usd_per_hour)
 
     @property
     def expected_hours(self) -> tuple[float, float]:
         """The range of wall time to expect: the estimate times the end-to-end factors."""
         low, high = self.end_to_end
         return self.total_hours * low, self.total_hours * high
+
+    @property
+    def alternative_expected_hours(self) -> tuple[float, float] | None:
+        """The range to expect at the other derivation's GPU figure (None without one)."""
+        if self.alternative is None:
+            return None
+        low, high = self.end_to_end
+        return self.alternative.total_hours * low, self.alternative.total_hours * high
 
     @property
     def expected_cost_usd(self) -> tuple[float, float] | None:
@@ -222,38 +262,6 @@ def estimate_memory(
     )
 
 
-def resolution_schedule(config: DictConfig, batches: int, total: int) -> list[tuple[int, int, int]]:
-    """The run in segments of at most one epoch: (steps, side the network sees, side the loader produces).
-
-    ``data_progressive_resizing`` sets the loader's size at each epoch start; Composer's
-    ``progressive_resizing`` shrinks each batch after a full-size load (taken at the middle of the segment).
-    """
-    enabled = enabled_algorithms(config.algorithms)
-    full = config.data.train_resolution
-    segments = []
-    for start in range(0, total, batches):
-        steps = min(batches, total - start)
-        network_side = loader_side = full
-        for name in ("data_progressive_resizing", "progressive_resizing"):
-            if name not in enabled:
-                continue
-            arguments = enabled[name]
-            elapsed = start if name == "data_progressive_resizing" else start + steps / 2
-            scale = scale_at(
-                elapsed / total,
-                arguments.get("initial_scale", 0.5),
-                arguments.get("delay_fraction", 0.5),
-                arguments.get("finetune_fraction", 0.2),
-            )
-            increment = arguments.get("size_increment", 4)
-            if name == "data_progressive_resizing":
-                network_side = loader_side = min(full, pinned_size(full, scale, increment))
-            else:
-                network_side = max(increment, round(full * scale / increment) * increment)
-        segments.append((steps, network_side, loader_side))
-    return segments
-
-
 def estimate_time(
     config: DictConfig,
     hardware: Hardware,
@@ -266,10 +274,12 @@ def estimate_time(
     datasets: Any,
     seconds: float,
     assumptions: list[str],
+    measured: MeasuredThroughput | None = None,
 ) -> TimeEstimate:
     """Wall time from the slower of compute and data loading, segment by segment, plus the evaluations (or
     the k-NN monitor's passes); compute at the task's forward-equivalent passes per image
-    (``training_passes``)."""
+    (``training_passes``). With ``measured`` (a finished run of the same recipe on the same hardware), training
+    takes its images at the measured rate and the evaluations scale by the same factor."""
     full = config.data.train_resolution
     enabled = enabled_algorithms(config.algorithms)
     smallest = full
@@ -302,37 +312,92 @@ def estimate_time(
         assumptions.append(f"SAM every {sam_interval} steps: training throughput x {sam_factor:.3f}")
     world = hardware.world_size
     images_per_step = config.global_batch_size
-    train_seconds = data_bound_seconds = 0.0
-    for steps, network_side, loader_side in resolution_schedule(config, batches, total):
-        compute = compute_at(network_side) * sam_factor
-        loading = cores / loader.seconds_per_image(loader_side)
-        segment = steps * images_per_step / min(compute, loading)
-        train_seconds += segment
-        data_bound_seconds += segment if loading < compute else 0.0
+    schedule = resolution_schedule(config, batches, total)
     label, evaluations, images = evaluation_passes(
         config, train_images=train_images, val_images=val_images, batches=batches, total=total
     )
-    eval_compute = forward_at(config.data.eval_resolution)
-    eval_loading = cores / loader.eval_seconds_per_image
-    eval_seconds = evaluations * images / min(eval_compute, eval_loading)
-    instance = hardware.instance
+
+    def seconds_at(scale: float) -> tuple[float, float, float]:
+        """Training seconds, those the loader sets the pace of, and evaluation seconds, with compute at
+        ``scale`` x its figure."""
+        train = data_bound = 0.0
+        for steps, network_side, loader_side in schedule:
+            compute = compute_at(network_side) * sam_factor * scale
+            loading = cores / loader.seconds_per_image(loader_side)
+            segment = steps * images_per_step / min(compute, loading)
+            train += segment
+            data_bound += segment if loading < compute else 0.0
+        eval_rate = min(
+            forward_at(config.data.eval_resolution) * scale, cores / loader.eval_seconds_per_image
+        )
+        return train, data_bound, evaluations * images / eval_rate
+
+    train_seconds, data_bound_seconds, eval_seconds = seconds_at(1.0)
+    alternative = None
+    if (lower := alternative_compute_scale(config, hardware)) is not None:
+        scale, origin, source = lower
+        assumptions.append(f"{origin}, the same derivation from other measurements [{source}]")
+        train, _, evaluation = seconds_at(scale)
+        alternative = AlternativeEstimate(
+            compute_at(full) * sam_factor * scale, (train + evaluation) / 3600, origin
+        )
+    modelled_hours = None
+    if measured is not None:
+        modelled_hours = (train_seconds + eval_seconds) / 3600
+        measured_seconds = total * images_per_step / measured.images_per_second
+        eval_seconds *= measured_seconds / train_seconds
+        train_seconds = measured_seconds
+    smallest_side = min(network_side for _, network_side, _ in schedule)
+    per_core = 1 / loader.seconds_per_image(full)
+    price = recipe_price(config, hardware, read_spot=False)
     return TimeEstimate(
         train_hours=train_seconds / 3600,
         eval_hours=eval_seconds / 3600,
         compute_images_per_second=compute_at(full) * sam_factor,
         compute_origin=f"{compute_origin}, at {full} px" + (f" over {world} GPUs" if world > 1 else ""),
-        loader_images_per_second=cores / loader.seconds_per_image(full),
-        loader_origin=f"{loader.origin}, {1 / loader.seconds_per_image(full):,.0f} img/s per core here at "
-        f"{full} px x {cores} worker core(s)",
+        loader_images_per_second=cores * per_core,
+        loader_origin=f"{loader.origin}, {per_core:,.0f} img/s per core here at {full} px x {cores} worker "
+        "core(s)"
+        + (f", extrapolated linearly from {LOADER_MEASURED_CORES} core measured" if cores > 1 else ""),
         loader_cores=cores,
         data_bound_fraction=data_bound_seconds / train_seconds if train_seconds else 0.0,
-        usd_per_hour=instance.usd_per_hour if instance else None,
-        price_source=instance.price_source if instance else None,
+        usd_per_hour=price.usd_per_hour,
+        price_source=price.source,
         evaluation_label=label,
         evaluations=evaluations,
         evaluation_images=images,
-        end_to_end=END_TO_END_RANGE if hardware.device == "gpu" else (1.0, 1.0),
+        # A measured rate already holds what NVIDIA's end-to-end factors add to a benchmark's, evaluation apart.
+        end_to_end=END_TO_END_RANGE if hardware.device == "gpu" and measured is None else (1.0, 1.0),
+        smallest_side=smallest_side,
+        compute_at_smallest_side=compute_at(smallest_side) * sam_factor,
+        average_images_per_second=total * images_per_step / train_seconds if train_seconds else 0.0,
+        loader_measured_cores=LOADER_MEASURED_CORES,
+        loader_cores_needed=compute_at(full) * sam_factor / per_core,
+        alternative=alternative,
+        measured=measured,
+        modelled_hours=modelled_hours,
     )
+
+
+def runs_amp(precision: str, gpu: GpuType) -> bool:
+    """Whether the recipe's precision trains at the GPU's AMP figure: amp_fp16, or amp_bf16 on bf16 tensor cores."""
+    return precision == "amp_fp16" or (precision == "amp_bf16" and gpu.has_bf16_tensor_cores)
+
+
+def alternative_compute_scale(config: DictConfig, hardware: Hardware) -> tuple[float, str, str] | None:
+    """For a GPU whose figure is derived two ways (training.hardware.AlternativeThroughput), the other
+    derivation's figure as a fraction of the one planned with, the figure and its source; None when there is
+    one figure."""
+    gpu = hardware.gpu
+    if gpu is None or gpu.alternative is None:
+        return None
+    use_amp = runs_amp(config.precision, gpu)
+    planned = gpu.amp_images_per_second if use_amp else gpu.fp32_images_per_second
+    other = gpu.alternative.amp_images_per_second if use_amp else gpu.alternative.fp32_images_per_second
+    if round(other) == round(planned):
+        return None
+    precision = "AMP" if use_amp else "fp32"
+    return other / planned, f"{gpu.name} {precision} {other:g} img/s at 224 px", gpu.alternative.source
 
 
 def evaluation_passes(
@@ -457,7 +522,7 @@ def compute_rate(
             f"{cores} cores",
         )
     gpu = hardware.gpu
-    use_amp = config.precision == "amp_fp16" or (config.precision == "amp_bf16" and gpu.has_bf16_tensor_cores)
+    use_amp = runs_amp(config.precision, gpu)
     if config.precision == "amp_bf16" and not gpu.has_bf16_tensor_cores:
         assumptions.append(f"amp_bf16 on {gpu.name}: no bf16 tensor cores, planned at the fp32 figure")
     per_gpu = gpu.amp_images_per_second if use_amp else gpu.fp32_images_per_second

@@ -8,6 +8,7 @@ is known. ``tools.lr_range_test`` feeds it from a real training run.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,12 +23,19 @@ DEFAULT_LR_RANGES = {"decoupled_sgdw": (1.0e-4, 10.0), "decoupled_adamw": (1.0e-
 # fastai's default: ~15 steps per decade over these ranges, about a minute of ResNet-50 on digits on a CPU.
 DEFAULT_ITERATIONS = 100
 MINIMUM_ITERATIONS = 20
-# Exponential smoothing of the loss. fastai uses 0.98, a ~50-step window: half of a 100-step sweep, which blurs
-# the valley. 0.9 averages ~10 batches, enough to see through batch-to-batch noise at batch 32 on digits.
-DEFAULT_SMOOTHING = 0.9
-# Stop once the smoothed loss is this many times its minimum (fastai's rule).
+# Smoothing: each plotted loss is the mean of the per-batch losses within 0.3 decade of LR on either side (a
+# 0.6-decade window, centred). Centred, so the smoothed curve sits at the LR its batches ran at (no lag to take
+# out) and, being a mean of them, never leaves their range. Sized in decades, not steps, because the curve's
+# features (a valley about a decade wide) are in log LR: the default 100 steps over 6 decades average 11 batches,
+# about what fastai's 0.98 smoothing does over the part of its sweep that matters; a 20-step sweep averages 3
+# rather than blurring half its length.
+DEFAULT_SMOOTHING_DECADES = 0.6
+# The sweep has diverged once the smoothed loss is this many times its lowest so far (fastai's rule).
 DEFAULT_DIVERGENCE_FACTOR = 4.0
-# Fractions of the reference LR (the LR at the minimum smoothed loss, lag taken out).
+# A smoothed loss within this fraction of where it started has not moved: the batch-to-batch noise of a flat
+# stretch on the digits (2.1-2.5 around 2.3 at batch 32) averages out to within ~5 % over a 3-batch window.
+FLAT_BAND = 0.1
+# Fractions of the reference LR (the LR at the minimum smoothed loss).
 SUGGESTION_FRACTIONS = {"conservative": 0.1, "moderate": 0.5, "aggressive": 1.0}
 APPLIED_SUGGESTION = "moderate"
 
@@ -39,7 +47,7 @@ class RangeTestSettings:
     min_lr: float
     max_lr: float
     iterations: int = DEFAULT_ITERATIONS
-    smoothing: float = DEFAULT_SMOOTHING
+    smoothing_decades: float = DEFAULT_SMOOTHING_DECADES
     divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR
 
     @classmethod
@@ -79,84 +87,120 @@ class RangeTestSettings:
                 f"--iterations {self.iterations} is too short for a range test; use at least "
                 f"{MINIMUM_ITERATIONS} (default {DEFAULT_ITERATIONS})."
             )
-        if not 0 <= self.smoothing < 1 or self.divergence_factor <= 1:
+        if self.smoothing_decades <= 0 or self.divergence_factor <= 1:
             raise UsageError(
-                f"Range test smoothing must be in [0, 1) and the divergence factor above 1; got "
-                f"{self.smoothing:g} and {self.divergence_factor:g}."
+                f"Range test smoothing must span more than 0 decades and the divergence factor be above 1; got "
+                f"{self.smoothing_decades:g} and {self.divergence_factor:g}."
             )
 
     def multiplier(self, step: int) -> float:
         """LR at ``step`` (from 0) over ``min_lr``: exponential, reaching ``max_lr`` at the last step."""
         return (self.max_lr / self.min_lr) ** (step / (self.iterations - 1))
 
-    def warmup_steps(self) -> int:
-        """Steps at the start where the smoothed loss averages too few batches to trust (one smoothing window)."""
-        return max(1, round(1 / (1 - self.smoothing)))
+    def decades(self) -> float:
+        """How many powers of ten the sweep spans."""
+        return math.log10(self.max_lr / self.min_lr)
+
+    def smoothing_half_width(self) -> int:
+        """Steps on each side of a step that its smoothed loss averages (half the window, at least one)."""
+        steps_per_decade = (self.iterations - 1) / self.decades()
+        return max(1, round(self.smoothing_decades / 2 * steps_per_decade))
+
+
+def smooth(losses: Sequence[float], half_width: int) -> list[float]:
+    """Each loss replaced by the mean of the losses within ``half_width`` steps of it (fewer at the two ends).
+
+    A mean of its neighbours, so the smoothed curve never leaves the range of the losses it averages, and
+    centred, so it describes the LR its own step ran at.
+    """
+    values = np.asarray(losses, dtype=float)
+    cumulative = np.concatenate([[0.0], np.cumsum(values)])
+    index = np.arange(len(values))
+    low = np.maximum(0, index - half_width)
+    high = np.minimum(len(values), index + half_width + 1)
+    return ((cumulative[high] - cumulative[low]) / (high - low)).tolist()
 
 
 @dataclass
 class LossCurve:
-    """Each step's LR and loss, the bias-corrected exponentially smoothed loss, and the decision to stop.
+    """Each step's LR and loss, and the one divergence rule: what stops the sweep and what the title, report
+    and advice call diverged.
 
-    The smoothed loss at step t averages the losses of earlier steps, measured at lower LRs: it lags behind the
-    LR. So the same weights also average log(LR), and each smoothed loss is paired with that geometric-mean LR,
-    the LR it actually describes (``smoothed_lrs``). On a valley that is locally a parabola in log(LR) this puts
-    the smoothed minimum exactly at the true one; on a valley that is flat and then rises steeply it lands low
-    (on a synthetic one with its minimum at 1e-2: 5e-3), where the uncorrected reading lands high (1.7e-2),
-    towards divergence. Low is the safe side for a learning rate.
+    The rule: the loss is not finite, or the smoothed loss at the newest step (the mean of the last
+    ``half_width + 1`` losses, all there is to its right) is more than ``divergence_factor`` times the lowest
+    smoothed loss so far.
     """
 
     settings: RangeTestSettings
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
-    smoothed_losses: list[float] = field(default_factory=list)
-    smoothed_lrs: list[float] = field(default_factory=list)
-    stop_reason: str = ""
-    stopped_early: bool = False
-    _average_loss: float = field(default=0.0, init=False, repr=False)
-    _average_log_lr: float = field(default=0.0, init=False, repr=False)
-    _lowest: float = field(default=math.inf, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.stop_reason = f"reached --max-lr {self.settings.max_lr:g} after {self.settings.iterations} steps"
+    # The 1-based step at which the rule fired, and what it saw; None while the loss has not diverged.
+    diverged_step: int | None = None
+    divergence: str = ""
 
     def record(self, lr: float, loss: float) -> bool:
-        """Add one step; True when the sweep should stop (the loss is not finite, or has diverged)."""
-        beta = self.settings.smoothing
-        correction = 1 - beta ** (len(self.losses) + 1)
+        """Add one step; True when the loss has diverged and the sweep should stop."""
         self.lrs.append(lr)
         self.losses.append(loss)
         if not math.isfinite(loss):
-            self.smoothed_losses.append(math.nan)
-            self.smoothed_lrs.append(lr)
-            self.stop_reason = f"the loss became {loss} at LR {lr:.3g}"
-            self.stopped_early = True
+            self.diverged_step = len(self.losses)
+            self.divergence = f"the loss became {loss} at LR {lr:.3g}"
             return True
-        self._average_loss = beta * self._average_loss + (1 - beta) * loss
-        self._average_log_lr = beta * self._average_log_lr + (1 - beta) * math.log(lr)
-        smoothed = self._average_loss / correction
-        self.smoothed_losses.append(smoothed)
-        self.smoothed_lrs.append(math.exp(self._average_log_lr / correction))
-        self._lowest = min(self._lowest, smoothed)
-        if smoothed > self.settings.divergence_factor * self._lowest:
-            self.stop_reason = (
-                f"diverged at LR {lr:.3g}: smoothed loss {smoothed:.4g} > {self.settings.divergence_factor:g} x "
-                f"its minimum {self._lowest:.4g}"
+        smoothed = smooth(self.losses, self.settings.smoothing_half_width())
+        lowest = min(smoothed)
+        if smoothed[-1] > self.settings.divergence_factor * lowest:
+            self.diverged_step = len(self.losses)
+            self.divergence = (
+                f"diverged at LR {lr:.3g}: smoothed loss {smoothed[-1]:.4g} > "
+                f"{self.settings.divergence_factor:g} x its lowest {lowest:.4g}"
             )
-            self.stopped_early = True
             return True
         return False
+
+    @property
+    def diverged(self) -> bool:
+        """Whether the divergence rule fired."""
+        return self.diverged_step is not None
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the sweep ended before its last iteration."""
+        return len(self.losses) < self.settings.iterations
+
+    @property
+    def stop_reason(self) -> str:
+        """Why the sweep ended, in words; it says diverged only when the divergence rule fired."""
+        steps = f"{len(self.losses)} of {self.settings.iterations} steps"
+        if self.diverged:
+            return f"{self.divergence} (stopped after {steps})"
+        if self.stopped_early:
+            return f"stopped after {steps} without diverging"
+        return f"reached --max-lr {self.settings.max_lr:g} after {steps} without diverging"
+
+    @property
+    def headline(self) -> str:
+        """The stop reason in a few words, for the plot's title."""
+        steps = f"{len(self.losses)} of {self.settings.iterations} steps"
+        if self.diverged:
+            return f"diverged at LR {self.lrs[-1]:.3g} ({steps})"
+        return f"did not diverge up to LR {self.lrs[-1]:.3g} ({steps})" if self.lrs else "no steps"
+
+    @property
+    def smoothed_losses(self) -> list[float]:
+        """The smoothed loss at every step: the finite losses smoothed, NaN where the loss was not finite."""
+        finite = next((index for index, loss in enumerate(self.losses) if not math.isfinite(loss)), None)
+        kept = self.losses if finite is None else self.losses[:finite]
+        smoothed = smooth(kept, self.settings.smoothing_half_width()) if kept else []
+        return smoothed + [math.nan] * (len(self.losses) - len(kept))
 
 
 @dataclass(frozen=True)
 class ReferenceLR:
-    """A point read off the smoothed curve: its step, the lag-corrected LR, and that LR as a per-256 base_lr."""
+    """A point read off the smoothed curve: its step, its LR, and that LR as a per-256 base_lr."""
 
     step: int
     lr: float
     base_lr: float
-    # The LR the optimizer used at that step, before the smoothing lag is taken out.
-    lr_at_step: float
     smoothed_loss: float
 
 
@@ -173,12 +217,24 @@ class Suggestion:
 
 @dataclass(frozen=True)
 class Analysis:
-    """What the curve says: the steepest-descent and minimum-loss LRs, the suggestions, and any caveats."""
+    """What the curve says: its shape (``SHAPES``), the steepest-descent and minimum-loss LRs, the suggestions,
+    and the advice when the sweep should be run differently."""
 
+    shape: str
     steepest: ReferenceLR | None
     minimum: ReferenceLR | None
     suggestions: dict[str, Suggestion]
     warnings: list[str]
+
+
+# The shapes a curve is read as, and what each means for the user.
+SHAPES = {
+    "valley": "the loss fell to a minimum and rose after it: suggestions from the minimum",
+    "still_falling": "the loss fell to the end of the sweep: suggestions, and raise --max-lr",
+    "flat": "the loss never moved: the sweep is too short or too low",
+    "flat_then_rising": "the loss stayed flat, then rose or diverged: too few steps to learn; raise --iterations",
+    "rising_from_start": "the loss rose from the first steps: the sweep starts too high; lower --min-lr",
+}
 
 
 def round_significant(value: float, digits: int = 3) -> float:
@@ -187,62 +243,103 @@ def round_significant(value: float, digits: int = 3) -> float:
 
 
 def analyse(curve: LossCurve, global_batch_size: int, lr_scaling: str) -> Analysis:
-    """Read the steepest descent and the minimum off the smoothed curve, and scale the minimum into suggestions.
+    """Read the curve's shape, then, if the loss fell, the steepest descent and the minimum of the smoothed loss
+    and the suggestions scaled from the minimum; otherwise the advice that follows from the shape.
 
     The reference for the suggestions is the LR at the minimum smoothed loss: the largest LR at which the loss
     was still falling. A whole run at that LR is the edge (aggressive); a tenth of it is the conservative reading
     (fastai's ``minimum / 10``); half is the moderate default. The steepest descent, where the loss fell fastest
     per decade of LR (fastai's ``steep``), is reported beside it; it marks where the network starts to learn
-    fast, and sits below the moderate suggestion on the digits curve. The first smoothing window (noisy: few
-    batches averaged) and everything after the minimum (no descent there) are left out of both readings.
+    fast, and sits below the moderate suggestion on the digits curve.
+
+    A loss that never fell below ``FLAT_BAND`` of its start gives no reading, and the advice depends on where
+    it left that band: never (too short or too low a sweep), upwards within the first smoothing window (the sweep
+    starts too high), or upwards later (flat, then too high before the network had the steps to learn).
     """
     settings = curve.settings
+    half_width = settings.smoothing_half_width()
     smoothed = np.array(curve.smoothed_losses, dtype=float)
-    finite = np.isfinite(smoothed)
-    skip = settings.warmup_steps()
-    if finite.sum() <= skip + 1:
+    finite = int(np.isfinite(smoothed).sum())
+    if finite == 0:
         return Analysis(
+            "rising_from_start",
             None,
             None,
             {},
             [
-                f"the sweep stopped after {len(smoothed)} steps, before the smoothed loss meant anything; "
-                f"lower --min-lr (now {settings.min_lr:g}) or --max-lr (now {settings.max_lr:g})"
+                f"{curve.divergence} at the first step: the sweep starts too high; lower --min-lr (now {settings.min_lr:g})"
             ],
         )
-    lowest = int(np.nanargmin(np.where(finite, smoothed, np.nan)))
-    if lowest < skip:
+    smoothed = smoothed[:finite]
+    lrs = curve.lrs
+    start = float(smoothed[0])
+    lowest = int(np.argmin(smoothed))
+    if smoothed[lowest] >= (1 - FLAT_BAND) * start:
+        above = np.flatnonzero(smoothed > (1 + FLAT_BAND) * start)
+        # Where the loss left the band upwards; a loss that became NaN left it at that step.
+        rise = int(above[0]) if above.size else (finite if curve.diverged else None)
+        if rise is None:
+            return Analysis(
+                "flat",
+                None,
+                None,
+                {},
+                [
+                    f"the smoothed loss stayed within {FLAT_BAND:.0%} of {start:.3g} from LR {lrs[0]:.3g} to "
+                    f"{lrs[-1]:.3g}: the network had too few steps to learn ({settings.iterations} steps over "
+                    f"{settings.decades():.1f} decades) or the LRs were too low; raise --iterations (now "
+                    f"{settings.iterations}, default {DEFAULT_ITERATIONS}) or --max-lr (now {settings.max_lr:g})"
+                ],
+            )
+        risen = f"{curve.divergence}" if curve.diverged else f"rose to {smoothed[-1]:.3g} by LR {lrs[-1]:.3g}"
+        if rise <= 2 * half_width:
+            return Analysis(
+                "rising_from_start",
+                None,
+                None,
+                {},
+                [
+                    f"the loss rose from the first steps and never fell ({risen}): the sweep starts too high; "
+                    f"lower --min-lr (now {settings.min_lr:g})"
+                ],
+            )
         return Analysis(
+            "flat_then_rising",
             None,
             None,
             {},
             [
-                f"the smoothed loss was lowest in the first {skip} steps and never fell after: the sweep starts "
-                f"too high; lower --min-lr (now {settings.min_lr:g})"
+                f"the loss stayed flat near {start:.3g} from LR {lrs[0]:.3g} to {lrs[rise - 1]:.3g}, then rose "
+                f"without ever falling ({risen}): {settings.iterations} steps over {settings.decades():.1f} decades gave "
+                f"the network too few steps to learn before the LR got too high; raise --iterations (now "
+                f"{settings.iterations}, default {DEFAULT_ITERATIONS}). LRs from {lrs[rise]:.3g} up made the "
+                "loss worse"
             ],
         )
+
     warnings = []
-    if lowest == int(np.flatnonzero(finite)[-1]) and not curve.stopped_early:
+    shape = "valley"
+    if lowest == finite - 1 and not curve.diverged:
+        shape = "still_falling"
         warnings.append(
             f"the loss was still falling at --max-lr {settings.max_lr:g}; the real minimum may lie higher: raise "
             "--max-lr"
         )
 
     def reference(step: int) -> ReferenceLR:
-        lr = curve.smoothed_lrs[step]
         return ReferenceLR(
             step=step + 1,
-            lr=lr,
-            base_lr=base_lr_for(lr, global_batch_size, lr_scaling),
-            lr_at_step=curve.lrs[step],
+            lr=lrs[step],
+            base_lr=base_lr_for(lrs[step], global_batch_size, lr_scaling),
             smoothed_loss=float(smoothed[step]),
         )
 
     steepest = None
-    if lowest - skip >= 2:
-        descent = np.arange(skip, lowest + 1)
-        log_lrs = np.log(np.array(curve.smoothed_lrs, dtype=float)[descent])
-        slopes = np.gradient(smoothed[descent], log_lrs)
+    if lowest >= 2:
+        # The first half window averages fewer batches; left out when the descent is long enough to spare it.
+        first = half_width if lowest - half_width >= 2 else 0
+        descent = np.arange(first, lowest + 1)
+        slopes = np.gradient(smoothed[descent], np.log(np.array(lrs, dtype=float)[descent]))
         steepest = reference(int(descent[int(np.argmin(slopes))]))
     minimum = reference(lowest)
     suggestions = {}
@@ -250,4 +347,4 @@ def analyse(curve: LossCurve, global_batch_size: int, lr_scaling: str) -> Analys
         base_lr = round_significant(minimum.base_lr * fraction)
         lr = scale_learning_rate(base_lr, global_batch_size, lr_scaling).lr
         suggestions[name] = Suggestion(name, fraction, base_lr, lr)
-    return Analysis(steepest, minimum, suggestions, warnings)
+    return Analysis(shape, steepest, minimum, suggestions, warnings)

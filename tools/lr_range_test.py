@@ -34,7 +34,7 @@ from data import build_data
 from recipes.errors import UsageError
 from recipes.loading import recipe_to_yaml
 from recipes.schema import Task
-from tools.lr_range_curve import APPLIED_SUGGESTION, Analysis, LossCurve, RangeTestSettings, analyse
+from tools.lr_range_curve import APPLIED_SUGGESTION, SHAPES, Analysis, LossCurve, RangeTestSettings, analyse
 from training.optimization import build_optimizer
 from training.runtime import close_trainer
 from training.trainer import build_task_model, build_trainer, start_run
@@ -80,7 +80,7 @@ class RangeTestRecorder(Callback):
         if self.curve.record(self._lr, loss):
             state.stop_training()
         step, iterations = len(self.curve.losses), self.curve.settings.iterations
-        if self.announce is not None and (step % max(1, iterations // 10) == 0 or self.curve.stopped_early):
+        if self.announce is not None and (step % max(1, iterations // 10) == 0 or self.curve.diverged):
             self.announce(
                 f"  step {step:>4}/{iterations}  lr {self._lr:.3e}  loss {loss:.4g}  "
                 f"smoothed {self.curve.smoothed_losses[-1]:.4g}"
@@ -112,7 +112,7 @@ class RangeTestResult:
             f"LR range test of {self.recipe_path}: {self.optimizer_name}, global batch {self.global_batch_size}, "
             f"{self.lr_scaling} LR rule; LR {settings.min_lr:g} -> {settings.max_lr:g} over up to "
             f"{settings.iterations} steps ({self.wall_time_s:.0f} s)",
-            f"stopped after {len(curve.losses)} steps: {curve.stop_reason}",
+            f"ended: {curve.stop_reason}",
         ]
         for name, why in self.algorithms_left_out.items():
             lines.append(f"left out algorithm {name}: {why}")
@@ -125,8 +125,7 @@ class RangeTestResult:
         if minimum is not None:
             lines.append(
                 f"minimum smoothed loss {minimum.smoothed_loss:.4g} at LR {minimum.lr:.3g} (base_lr "
-                f"{minimum.base_lr:.3g} per 256; smoothing lag taken out, the step itself ran at "
-                f"{minimum.lr_at_step:.3g})"
+                f"{minimum.base_lr:.3g} per 256)"
             )
         if self.analysis.suggestions:
             lines.append("suggestions (fraction of the LR at minimum loss):")
@@ -137,10 +136,11 @@ class RangeTestResult:
                     f"optimizer.base_lr={suggestion.base_lr:g}{marker}"
                 )
         else:
-            lines.append("no suggestion: the curve has no usable minimum")
+            lines.append(f"no suggestion: {SHAPES[self.analysis.shape]}")
         lines.extend(f"warning: {warning}" for warning in self.analysis.warnings)
         lines.append(
-            f"the recipe now uses LR {self.recipe_lr:.3g} (optimizer.base_lr={self.recipe_base_lr:g})"
+            f"the recipe now uses LR {self.recipe_lr:.3g} (optimizer.base_lr={self.recipe_base_lr:g}; the "
+            "run's peak LR, marked on the plot)"
         )
         if self.files:
             lines.append(f"wrote {', '.join(str(path) for path in self.files)}")
@@ -159,10 +159,9 @@ class RangeTestResult:
                 "lr": lr,
                 "loss": number(loss),
                 "smoothed_loss": number(smooth),
-                "smoothed_lr": at,
             }
-            for index, (lr, loss, smooth, at) in enumerate(
-                zip(curve.lrs, curve.losses, curve.smoothed_losses, curve.smoothed_lrs, strict=True)
+            for index, (lr, loss, smooth) in enumerate(
+                zip(curve.lrs, curve.losses, curve.smoothed_losses, strict=True)
             )
         ]
         analysis = self.analysis
@@ -178,7 +177,9 @@ class RangeTestResult:
             "algorithms_left_out": self.algorithms_left_out,
             "steps_run": len(curve.losses),
             "stopped_early": curve.stopped_early,
+            "diverged": curve.diverged,
             "stop_reason": curve.stop_reason,
+            "shape": analysis.shape,
             "steepest": asdict(analysis.steepest) if analysis.steepest else None,
             "minimum": asdict(analysis.minimum) if analysis.minimum else None,
             "reference": "minimum",
@@ -189,9 +190,23 @@ class RangeTestResult:
         }
 
 
+def plot_marks(result: RangeTestResult) -> list[tuple[str, float, str, str]]:
+    """The plot's vertical marks as (label, LR, colour, line style): the steepest descent, the suggestions, and
+    the recipe's own LR (the peak LR its run would apply), so a reader sees where the recipe sits on the curve."""
+    marks = []
+    if result.analysis.steepest is not None:
+        marks.append(("steepest descent", result.analysis.steepest.lr, "tab:green", ":"))
+    colours = {"conservative": "tab:olive", "moderate": "tab:orange", "aggressive": "tab:red"}
+    for suggestion in result.analysis.suggestions.values():
+        label = f"{suggestion.name} {suggestion.fraction:.0%}: base_lr {suggestion.base_lr:g}"
+        marks.append((label, suggestion.lr, colours.get(suggestion.name, "black"), "--"))
+    marks.append((f"recipe now: base_lr {result.recipe_base_lr:g}", result.recipe_lr, "black", "-."))
+    return marks
+
+
 def plot_range_test(result: RangeTestResult, path: Path) -> Path:
-    """Loss against LR on a log axis: raw losses faint, the smoothed curve at its lag-corrected LRs, and vertical
-    marks at the steepest descent and the three suggestions."""
+    """Loss against LR on a log axis: raw losses faint, the smoothed curve over them at the same LRs, and
+    vertical marks (``plot_marks``); the title says diverged only when the curve's divergence rule fired."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(9, 5.5), layout="constrained")
@@ -200,27 +215,24 @@ def plot_range_test(result: RangeTestResult, path: Path) -> Path:
     losses = np.array(curve.losses, dtype=float)
     smoothed = np.array(curve.smoothed_losses, dtype=float)
     axes.plot(curve.lrs, losses, color="tab:blue", alpha=0.3, linewidth=1, label="loss per batch")
-    axes.plot(curve.smoothed_lrs, smoothed, color="tab:blue", linewidth=2, label="smoothed (lag taken out)")
+    half_width = curve.settings.smoothing_half_width()
+    axes.plot(
+        curve.lrs, smoothed, color="tab:blue", linewidth=2, label=f"smoothed (mean of {2 * half_width + 1})"
+    )
     axes.set_xscale("log")
     finite = smoothed[np.isfinite(smoothed)]
     if finite.size:
         low = min(float(np.nanmin(losses[np.isfinite(losses)])), float(finite.min()))
         # The divergence spike would flatten the interesting part; the smoothed curve's range is what matters.
         axes.set_ylim(max(0.0, low - 0.1 * (finite.max() - low)), finite.max() * 1.15)
-    marks = []
-    if result.analysis.steepest is not None:
-        marks.append(("steepest descent", result.analysis.steepest.lr, "tab:green", ":"))
-    colours = {"conservative": "tab:olive", "moderate": "tab:orange", "aggressive": "tab:red"}
-    for suggestion in result.analysis.suggestions.values():
-        label = f"{suggestion.name} {suggestion.fraction:.0%}: base_lr {suggestion.base_lr:g}"
-        marks.append((label, suggestion.lr, colours.get(suggestion.name, "black"), "--"))
-    for label, lr, colour, style in marks:
+    for label, lr, colour, style in plot_marks(result):
         axes.axvline(lr, color=colour, linestyle=style, linewidth=1.5, label=f"{label} (LR {lr:.3g})")
     axes.set_xlabel("learning rate (applied, log scale)")
     axes.set_ylabel("training loss")
+    verdict = "" if result.analysis.suggestions else f"\nno suggestion: {SHAPES[result.analysis.shape]}"
     axes.set_title(
         f"LR range test: {Path(result.recipe_path).name}, {result.optimizer_name}, batch "
-        f"{result.global_batch_size}; {curve.stop_reason}",
+        f"{result.global_batch_size}\n{curve.headline}{verdict}",
         fontsize=9,
     )
     axes.grid(True, which="both", alpha=0.3)

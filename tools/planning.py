@@ -23,6 +23,7 @@ from composer.core import Time, Timestamp, TimeUnit
 from omegaconf import DictConfig
 
 from algorithms.registry import enabled_algorithms
+from callbacks.budget_guard import format_hours
 from callbacks.findings import Finding
 from data.resumable_sampler import epoch_share
 from model import PREACT_NAMES
@@ -38,6 +39,7 @@ from tools.estimates import (
     training_passes,
 )
 from tools.measurements import NetworkMeasurement, measure_network
+from training.calibration import find_measured_throughput, measured_throughput
 from training.hardware import END_TO_END_SOURCE, Hardware, known_forms, parse_hardware
 from training.optimization import build_optimizer, build_scheduler, scale_weight_decay, warmup_steps
 from training.preflight import RecipeFacts, check_recipe, run_steps_of
@@ -128,6 +130,7 @@ class RunPlan:
             if self.time.expected_cost_usd is None
             else list(self.time.expected_cost_usd),
             "bottleneck": self.time.bottleneck,
+            "alternative_expected_hours": self.time.alternative_expected_hours,
         }
         plan["world_size"] = self.hardware.world_size
         return plan
@@ -158,12 +161,11 @@ class RunPlan:
             f"  learning rate  {rates}; {self.lr_rule}",
             f"  weight decay   {self.weight_decay.removeprefix('weight decay ')}",
             f"  memory/device  {describe_memory(memory, hardware)}",
-            f"  throughput     compute {time.compute_images_per_second:,.0f} img/s ({time.compute_origin}); "
-            f"data loader {time.loader_images_per_second:,.0f} img/s ({time.loader_origin})",
-            f"  wall time      {_hours(time.total_hours)} (training {_hours(time.train_hours)}, "
-            f"{time.evaluation_label} {_hours(time.eval_hours)}){_expected_line(time)}; bottleneck: "
+            *_throughput_lines(time),
+            f"  wall time      {format_hours(time.total_hours)} (training {format_hours(time.train_hours)}, "
+            f"{time.evaluation_label} {format_hours(time.eval_hours)}){_expected_line(time)}; bottleneck: "
             f"{time.bottleneck} (data loading sets the pace {100 * time.data_bound_fraction:.0f} % of "
-            "training time)",
+            "training time)" + _other_wall_time(time),
             f"  cost           {_cost_line(time)}",
         ]
         if self.findings:
@@ -182,16 +184,63 @@ def _display_path(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
-def _hours(hours: float) -> str:
-    return f"{hours * 60:.1f} min" if hours < 1 else f"{hours:.1f} h"
+# Where a report line goes on: under the text after its label.
+CONTINUED = " " * 17
+
+
+def _throughput_lines(time: TimeEstimate) -> list[str]:
+    """Compute (with its other derivation, or the measured rate in its place), the resolution schedule's range
+    and average, and the data loader with its extrapolation named."""
+    compute = f"compute {time.compute_images_per_second:,.0f} img/s ({time.compute_origin})"
+    if time.alternative is not None:
+        compute += (
+            f"; {time.alternative.compute_images_per_second:,.0f} img/s at the other derivation of the GPU "
+            f"figure, {time.alternative.origin} (assumptions): plan for the range"
+        )
+    lines = [f"  throughput     {compute}"]
+    if time.measured is not None:
+        lines = [
+            f"  throughput     {time.measured.images_per_second:,.1f} img/s {time.measured.describe()}; the wall "
+            "time uses it in place of these figures:",
+            f"{CONTINUED}{compute}",
+        ]
+    if time.smallest_side and time.compute_at_smallest_side != time.compute_images_per_second:
+        lines.append(
+            f"{CONTINUED}progressive resizing: the network sees {time.smallest_side} px at first, compute "
+            f"{time.compute_at_smallest_side:,.0f} img/s there; the whole schedule averages "
+            f"{time.average_images_per_second:,.0f} img/s (the slower of compute and loading, epoch by epoch)"
+        )
+    loader = f"data loader {time.loader_images_per_second:,.0f} img/s ({time.loader_origin})"
+    if time.loader_cores > time.loader_measured_cores:
+        loader += (
+            f"; decoding seldom scales linearly with cores, so read it as a ceiling: the compute would need "
+            f"{time.loader_cores_needed:,.1f} cores at the measured pace, the machine gives {time.loader_cores}"
+        )
+    return [*lines, f"{CONTINUED}{loader}"]
+
+
+def _other_wall_time(time: TimeEstimate) -> str:
+    """The wall time at the other derivation of the GPU figure, or from the published figures when measured."""
+    if time.measured is not None and time.modelled_hours is not None:
+        return f"; the figures in place of the measured one give {format_hours(time.modelled_hours)}"
+    if time.alternative is None or time.alternative_expected_hours is None:
+        return ""
+    return (
+        f"; at the other derivation's {time.alternative.compute_images_per_second:,.0f} img/s: "
+        f"{format_hours(time.alternative.total_hours)}, expect {hours_range(*time.alternative_expected_hours)}"
+    )
+
+
+def hours_range(low: float, high: float) -> str:
+    """A wall-time range as the plan prints it: minutes under an hour, else hours."""
+    if high < 1:
+        return f"{low * 60:.0f}-{high * 60:.0f} min"
+    return f"{low:.1f}-{high:.1f} h"
 
 
 def expected_time(time: TimeEstimate) -> str:
     """The wall-time range a user should expect, as the README and the recipe headers quote it."""
-    low, high = time.expected_hours
-    if high < 1:
-        return f"{low * 60:.0f}-{high * 60:.0f} min"
-    return f"{low:.1f}-{high:.1f} h"
+    return hours_range(*time.expected_hours)
 
 
 def expected_cost(time: TimeEstimate) -> str | None:
@@ -217,14 +266,28 @@ def _cost_line(time: TimeEstimate) -> str:
         return "no price for this hardware (own machine, or not in the price table)"
     if time.usd_per_hour == 0:
         return f"free ({time.price_source})"
+    other = ""
+    if time.alternative_expected_hours is not None and time.measured is None:
+        low, high = (hours * time.usd_per_hour for hours in time.alternative_expected_hours)
+        other = f"; ${low:,.2f}-{high:,.2f} at the other derivation's throughput"
     return (
-        f"~${time.cost_usd:,.2f} at ${time.usd_per_hour:g}/h on-demand, expect {expected_cost(time)} "
-        f"({time.price_source})"
+        f"~${time.cost_usd:,.2f} at ${time.usd_per_hour:g}/h, expect {expected_cost(time)} "
+        f"({time.price_source}){other}"
     )
 
 
-def plan_run(config: DictConfig, recipe_path: str | Path, *, measure_seconds: float | None = None) -> RunPlan:
-    """Plan the recipe on its ``hardware`` without training; ``measure_seconds`` bounds the measuring."""
+def plan_run(
+    config: DictConfig,
+    recipe_path: str | Path,
+    *,
+    measure_seconds: float | None = None,
+    calibrate_from: str | Path | None = None,
+) -> RunPlan:
+    """Plan the recipe on its ``hardware`` without training; ``measure_seconds`` bounds the measuring.
+
+    ``calibrate_from`` (a finished run's folder) replaces the published throughput with the one that run
+    measured; without it, a finished run in the save folder of the recipe's ``run_name`` does, when it is of the
+    same recipe on the same hardware (training.calibration)."""
     seconds = DEFAULT_MEASURE_SECONDS if measure_seconds is None else measure_seconds
     hardware = parse_hardware(config.hardware)
     if hardware is None:
@@ -233,6 +296,22 @@ def plan_run(config: DictConfig, recipe_path: str | Path, *, measure_seconds: fl
         )
     per_device = max(1, config.global_batch_size // hardware.world_size)
     assumptions = [f"hardware: {note}" for note in hardware.notes]
+    if calibrate_from is not None:
+        measured = measured_throughput(
+            calibrate_from, config, recipe_path, hardware, chosen="--calibrate-from"
+        )
+    else:
+        measured, not_used = find_measured_throughput(config, recipe_path, hardware)
+        assumptions.append(
+            not_used
+            or "no finished run of this recipe measured its throughput; once one has, --plan --calibrate-from "
+            "RUN_FOLDER plans with what it measured"
+        )
+    if measured is not None:
+        assumptions.append(
+            f"training time: the run's images at the throughput {measured.describe()}; the evaluations scaled "
+            "by the same factor; start-up and checkpointing not counted"
+        )
 
     facts, data_size, datasets = recipe_facts(config, hardware)
     if data_size.source:
@@ -252,7 +331,7 @@ def plan_run(config: DictConfig, recipe_path: str | Path, *, measure_seconds: fl
     time = estimate_time(
         config, hardware, train_images=data_size.train_images, val_images=data_size.val_images,
         num_classes=data_size.num_classes, batches=batches, total=total, datasets=datasets, seconds=seconds,
-        assumptions=assumptions,
+        assumptions=assumptions, measured=measured,
     )  # fmt: skip
     assumptions += _standing_assumptions(config, hardware, network, time)
     if hardware.device == "gpu" and config.model.name in PREACT_NAMES:
@@ -372,11 +451,26 @@ def published_size(config: DictConfig) -> DataSize:
         train, exact = total, True
     else:
         train = available if total is None else min(total, available)
-    origin = f"{published.name}'s published size" + ("" if exact else " with its mean images per class")
-    origin += f"; {where}"
     val = classes * published.val_images_per_class
-    if (val_total := parse_val_subset_size(data)) is not None:
-        val = min(val, val_total)
+    val_total = parse_val_subset_size(data)
+    val_cut = val_total is not None and val_total < val
+    val = min(val, val_total) if val_total is not None else val
+    published_val = published.num_classes * published.val_images_per_class
+    # The keys that cut the published dataset down, so a subset is not read as the whole of it.
+    cuts = [
+        f"data.{key}={value}"
+        for key, value, applies in (
+            ("max_classes", data.max_classes, classes < published.num_classes),
+            ("max_samples_per_class", cap, cap is not None),
+            ("subset_size", data.subset_size, total is not None),
+            ("val_subset_size", data.val_subset_size, val_cut),
+        )
+        if applies
+    ]
+    whole = f"{published.name}'s published size ({published.train_images:,} / {published_val:,})"
+    origin = f"a subset by {', '.join(cuts)} of {whole}" if cuts else whole
+    origin += "" if exact else ", with its mean images per class"
+    origin += f"; {where}"
     return DataSize(train, val, classes, exact, origin, published.source)
 
 

@@ -22,6 +22,16 @@ AWS_ON_DEMAND = "https://aws.amazon.com/ec2/pricing/on-demand/ (Linux, us-east-1
 
 
 @dataclass(frozen=True)
+class AlternativeThroughput:
+    """A second derivation of a GPU's training figures from other measured sources, where the first is derived
+    too: the planner shows the range between the two rather than one figure as if it were measured."""
+
+    fp32_images_per_second: float
+    amp_images_per_second: float
+    source: str
+
+
+@dataclass(frozen=True)
 class GpuType:
     """One GPU model: memory, and published ResNet-50 training throughput at 224 px."""
 
@@ -38,11 +48,15 @@ class GpuType:
     source: str
     # Tensor cores for bfloat16 (Ampere and later); without them amp_bf16 runs no faster than fp32.
     has_bf16_tensor_cores: bool
+    # For a derived row: the same derivation from another source's measurements (None for a measured row).
+    alternative: AlternativeThroughput | None = None
 
 
 # NVIDIA publishes T4 ResNet-50 figures for inference only. Training is derived from them with the ratio of
 # training to inference throughput that the same README reports for the V100 16GB at batch 256:
-# fp32 415 x 367/1261 = 121, AMP 1198 x 1200/3382 = 425.
+# fp32 415 x 367/1261 = 121, AMP 1198 x 1200/3382 = 425. Lambda's measured V100 16GB training throughput with
+# NVIDIA's same model (369 fp32, 833 fp16) in place of NVIDIA's gives fp32 415 x 369/1261 = 121 and AMP
+# 1198 x 833/3382 = 295: the AMP figure is uncertain by that much, and the planner shows both.
 GPU_TYPES: dict[str, GpuType] = {
     gpu.name: gpu
     for gpu in (
@@ -51,6 +65,12 @@ GPU_TYPES: dict[str, GpuType] = {
             f"{NVIDIA_PYTORCH_RN50}: T4 inference at batch 256 (415 img/s fp32, 1198 AMP) x the V100 16GB "
             "training/inference ratio in the same README (367/1261 fp32, 1200/3382 AMP)",
             False,
+            AlternativeThroughput(
+                121, 295,
+                f"{NVIDIA_PYTORCH_RN50}: T4 inference (415 fp32, 1198 AMP) x Lambda's measured V100 16GB training "
+                f"throughput over NVIDIA's V100 inference (369/1261 fp32, 833/3382 AMP) [{LAMBDA_PYTORCH}: "
+                "LambdaCloud V100 16GB]",
+            ),
         ),
         GpuType(
             "V100", 16.0, "V100 16 GB (DGX-1 16G)", 367, 1200, "measured",
@@ -107,6 +127,13 @@ class Instance:
     vcpus: int
     usd_per_hour: float
     price_source: str
+    # An EC2 instance type (its name is the type): budget.usd_per_hour=spot can read its spot price.
+    on_aws: bool = True
+
+    @property
+    def aws_instance_type(self) -> str | None:
+        """The EC2 instance type, for ``describe_spot_price_history`` (None off AWS)."""
+        return self.name if self.on_aws else None
 
 
 INSTANCES: dict[str, Instance] = {
@@ -119,6 +146,7 @@ INSTANCES: dict[str, Instance] = {
             "Colab", "T4", 1, 2, 0.0,
             "https://research.google.com/colaboratory/faq.html (free tier: a T4 when available, usage "
             "limits apply)",
+            on_aws=False,
         ),
     )
 }  # fmt: skip

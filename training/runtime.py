@@ -158,6 +158,22 @@ def silence_expected_warnings() -> None:
     warnings.filterwarnings("ignore", message="Some targets have less than 1 total probability")
 
 
+def drop_config_banner(trainer: Trainer) -> None:
+    """Keep Composer's console from printing its hyperparameter banner when the run starts.
+
+    Composer's console loggers print every logged hyperparameter between two rows of stars at FIT_START
+    (composer/loggers/progress_bar_logger.py:285 and console_logger.py ``fit_start``, 0.32.1): with this project's
+    Trainer that is its version, ``node_name: unknown because NODENAME environment variable not set``, the devices
+    per node and the seed, which the run header and ``recipe.yaml`` already say. Marking the banner as printed
+    drops it and nothing else: Composer's warnings and the other destinations' hyperparameters (wandb) stay.
+    """
+    from composer.loggers import ConsoleLogger, ProgressBarLogger
+
+    for destination in trainer.logger.destinations:
+        if isinstance(destination, (ConsoleLogger, ProgressBarLogger)):
+            destination.hparams_already_logged_to_console = True
+
+
 def close_trainer(trainer: Trainer) -> None:
     """Close a Composer Trainer and let go of it, so that the run's model and data can be freed.
 

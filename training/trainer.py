@@ -19,11 +19,11 @@ import torch
 from composer import Evaluator, Trainer
 from composer.callbacks import MemoryMonitor, SpeedMonitor
 from composer.core import Callback
-from composer.loggers import LoggerDestination
 from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
 from algorithms.registry import build_algorithms
+from callbacks.budget_guard import raise_if_over_budget
 from callbacks.curve_watch import build_curve_watch, raise_if_below_reference, read_watch_reference
 from callbacks.doctor_rules import ContrastiveDiagnosis, ContrastiveObjective, Diagnosis, official_moco_lr
 from callbacks.findings import announce_findings
@@ -33,17 +33,20 @@ from callbacks.metric_names import VALIDATION_LABEL, StableMetricNames
 from callbacks.metrics_file import MetricsFile
 from callbacks.momentum_encoder import MomentumEncoder
 from callbacks.preemption import ExactResume, Preemption
+from callbacks.progress_lines import ProgressLines, console_is_terminal
 from callbacks.progress_plot import ProgressPlot
 from callbacks.rank_zero_buffers import RankZeroBuffers
 from callbacks.ranks import say
 from callbacks.training_doctor import TrainingDoctor, doctor_summary, raise_if_stopped, weights_are_finite
 from data import DataBundle, build_data
 from data.bad_images import BAD_IMAGE_LIST
+from data.loaders import start_workers
 from data.resumable_sampler import skips_seen_batches
 from model import build_moco_model, build_model, chance_loss
 from recipes.durations import run_steps, steps_in
 from recipes.loading import SAVED_RECIPE, recipe_to_yaml
 from recipes.schema import Task
+from training.budget import build_budget_guard
 from training.checkpointing import (
     RunFolders,
     build_checkpointing,
@@ -51,6 +54,7 @@ from training.checkpointing import (
     finished,
     run_folders,
 )
+from training.loggers import build_loggers, check_logging
 from training.optimization import (
     LearningRatePlan,
     build_optimizer,
@@ -60,7 +64,14 @@ from training.optimization import (
 )
 from training.preflight import RecipeFacts, check_before_training
 from training.profiling import build_profiler
-from training.runtime import Runtime, agree_on_run_name, close_trainer, resolve_runtime, start_distributed
+from training.runtime import (
+    Runtime,
+    agree_on_run_name,
+    close_trainer,
+    drop_config_banner,
+    resolve_runtime,
+    start_distributed,
+)
 from training.summary import build_summary, format_summary, write_summary
 from training.weights import load_linear_probe
 
@@ -101,7 +112,7 @@ def build_trainer(
     """Composer's Trainer for the recipe's model, data and optimizer on this machine's runtime; ``arguments``
     are what the run adds (duration, schedule, algorithms, callbacks, loggers, evaluation, checkpoints)."""
     runtime = start.runtime
-    return Trainer(
+    trainer = Trainer(
         model=model,
         train_dataloader=data.train,
         optimizers=optimizer,
@@ -117,27 +128,8 @@ def build_trainer(
         parallelism_config=runtime.parallelism_config,
         **arguments,
     )
-
-
-def build_loggers(
-    logging_cfg: DictConfig, folder: str | Path, run_name: str, recipe: dict[str, Any], resume: bool = False
-) -> tuple[list[LoggerDestination], MetricsFile]:
-    """The metrics file always, and Composer's wandb logger when the recipe asks for it."""
-    metrics_file = MetricsFile(folder, every_n_batches=logging_cfg.metrics_every_n_batches, append=resume)
-    destinations: list[LoggerDestination] = [metrics_file]
-    if logging_cfg.wandb:
-        from composer.loggers import WandBLogger
-
-        destinations.append(
-            WandBLogger(
-                project=logging_cfg.wandb_project,
-                entity=logging_cfg.wandb_entity,
-                name=run_name,
-                group=logging_cfg.wandb_group,
-                init_kwargs={"mode": str(logging_cfg.wandb_mode), "dir": str(folder), "config": recipe},
-            )
-        )
-    return destinations, metrics_file
+    drop_config_banner(trainer)
+    return trainer
 
 
 def build_callbacks(device: str) -> list[Callback]:
@@ -255,8 +247,13 @@ class TrainingRun:
         trainer, start, data = self.trainer, self.start, self.data
         runtime, folders = start.runtime, start.folders
         if not finished(trainer.state.timestamp, self.config.max_duration):
+            for evaluation_loader in (data.val, data.knn_bank):
+                start_workers(evaluation_loader)
             trainer.fit()  # Composer refuses to fit a run already at max_duration (trainer.py:2126, 0.32.1)
         self.preemption.raise_if_preempted(trainer, folders.save, autoresume=self.config.autoresume)
+        raise_if_over_budget(
+            trainer.state.callbacks
+        )  # stopped before the budget: no end evaluation to pay for
         weights_finite = weights_are_finite(trainer.state.model)
         if not weights_finite:
             say("note: the weights are not finite (NaN or Inf), so the end evaluation is skipped")
@@ -270,6 +267,7 @@ class TrainingRun:
             recipe_path=str(self.recipe_path),
             lr_plan=self.lr_plan,
             wall_time_s=time.perf_counter() - self.started,
+            output_folder=folders.output,
             extra={
                 "weight_decay": decay.applied,
                 "weight_decay_rule": decay.describe(),
@@ -311,6 +309,7 @@ def build_training(config: DictConfig, recipe_path: Path) -> TrainingRun:
     """Build everything the recipe names, in the order that fails fastest: the checkpoint destination (seconds
     on S3), the data, the recipe checks (before the model is built), then the model and the rest."""
     started = time.perf_counter()
+    check_logging(config.logging)  # a logger switched on without its package or webhook
     check_autoresume(config)
     watch_reference = read_watch_reference(config)  # a bad reference file fails before any work
     start = start_run(config, recipe_path)
@@ -374,6 +373,9 @@ def build_training(config: DictConfig, recipe_path: Path) -> TrainingRun:
         if pretraining
         else [last_evaluation]
     )
+    # Composer's bar redraws itself with carriage returns, which a log file keeps: plain lines there instead.
+    draw_bar = config.logging.progress_bar and console_is_terminal()
+    progress_lines = [ProgressLines()] if config.logging.progress_bar and not draw_bar else []
     trainer = build_trainer(
         start,
         config,
@@ -389,13 +391,16 @@ def build_training(config: DictConfig, recipe_path: Path) -> TrainingRun:
             *build_callbacks(runtime.device),
             preemption,
             ExactResume(),
+            # Before the saver: a budget stop at an epoch's end is saved at the same event, as a preemption is.
+            *build_budget_guard(config, folders.output, folders.save, batches_per_epoch),
             checkpoints.saver,
             *doctor,
             *task_callbacks,
             *profiling,
+            *progress_lines,
         ],
         profiler=profiler,
-        progress_bar=config.logging.progress_bar,
+        progress_bar=draw_bar,
         log_to_console=config.logging.log_to_console,
         console_log_interval=config.logging.console_log_interval,
         load_path=checkpoints.load_path,

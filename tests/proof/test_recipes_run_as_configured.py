@@ -26,6 +26,8 @@ from data.resumable_sampler import REPEATED_EPOCH_MULTIPLE
 from data.synthetic import SyntheticImages
 from model import LOSSES, moco_backbone_state, moco_initial_loss
 from recipes.loading import available_recipes
+from recipes.studies import load_study
+from tools.ablate import run_overrides
 from training import trainer
 from training.optimization import LARS
 from training.preflight import load_run_recipe
@@ -348,3 +350,29 @@ def test_probe_recipe_runs_as_configured_on_a_pretrained_backbone(
         == 0
     )
     assert json.loads(output.read_text())["val/acc1"] == pytest.approx(summary["val/acc1"], abs=1e-6)
+
+
+TINY_IMAGENET_STUDY = (
+    Path(__file__).resolve().parents[2] / "recipes" / "studies" / "tiny_imagenet_notebooks.yaml"
+)
+
+
+@pytest.mark.parametrize("variant", ["cutmix_mixup", "everything_ema"])
+def test_tiny_imagenet_study_variants_that_stack_mixing_run(
+    variant: str, tmp_path: Path, image_folders: dict[int, Path]
+) -> None:
+    """The study's variants that list CutMix and MixUp together (as the notebooks it reproduces do) train with
+    the overrides tools.ablate gives them; that every target they make sums to 1 is
+    tests/test_algorithms_registry.py's."""
+    study = load_study(TINY_IMAGENET_STUDY)
+    chosen = next(candidate for candidate in study.variants if candidate.name == variant)
+    overrides = [
+        *run_overrides(study, chosen, study.seeds[0]),
+        *generated_folder("tiny_imagenet", image_folders), f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.subset_size={TRAIN_IMAGES}", "data.num_workers=0",
+        "max_duration=2ba", "eval_interval=2ba", f"global_batch_size={BATCH}", f"save_folder={tmp_path / 'run'}",
+    ]  # fmt: skip
+    assert train.main([study.recipe, *overrides]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    trained = enabled_algorithms(load_run_recipe(tmp_path / "run" / "recipe.yaml").algorithms)
+    assert summary["steps"] == 2 and {"cutmix", "mixup"} <= set(trained)
