@@ -40,6 +40,8 @@ BAND_DEVIATIONS = 2 * math.sqrt(2)
 # A run's summary.json: how many validation images each of its evaluations scored.
 SUMMARY = "summary.json"
 VALIDATION_IMAGES = "val_images"
+# watch.reference=runs/a,runs/b,runs/c: one recipe's runs with other seeds, one reference.
+SEED_SEPARATOR = ","
 
 
 def noise_sigma(fractions: list[float], values: list[float]) -> float:
@@ -138,12 +140,52 @@ def resolve_reference(text: str) -> Path:
 def read_reference(text: str, band_points: float | None = None) -> Reference:
     """Read and check the reference ``watch.reference`` names; ``band_points`` (watch.band, in points of top-1)
     replaces the band derived from each curve's noise (``ReferenceCurve.band``)."""
+    if SEED_SEPARATOR in text:
+        runs = [part.strip() for part in text.split(SEED_SEPARATOR) if part.strip()]
+        return Reference(resolve_reference(runs[0]), (_seeds_curve(runs, band_points),))
     path = resolve_reference(text)
     if path.is_dir() or path.suffix == ".jsonl":
         curves = (_run_curve(path, band_points),)
     else:
         curves = _file_curves(path, band_points)
     return Reference(path, curves)
+
+
+def _seeds_curve(runs: list[str], band_points: float | None) -> ReferenceCurve:
+    """Several finished runs of one recipe (other seeds) as one reference: their mean top-1 at the first run's
+    evaluations, and for sigma the larger of the runs' own noise from one evaluation to the next and the spread
+    between seeds (their standard deviation at each evaluation, the median over evaluations). A seed's run sits
+    a point or two above or below another for a whole schedule, which one run's wobble cannot show; the band then
+    allows for it."""
+    if len(runs) < 2:
+        raise UsageError(
+            f"watch.reference '{SEED_SEPARATOR.join(runs)}': several runs are separated by '{SEED_SEPARATOR}' "
+            "and need at least two; give one run folder alone without the separator."
+        )
+    curves = [_run_curve(resolve_reference(run), band_points) for run in runs]
+    first = curves[0]
+    for run, curve in zip(runs[1:], curves[1:], strict=True):
+        if curve.epochs != first.epochs:
+            raise UsageError(
+                f"watch.reference: {run} ran {curve.epochs} epochs and {runs[0]} {first.epochs}: the runs of a "
+                "several-seed reference are one recipe with other seeds, the same schedule."
+            )
+    at_first = np.array(
+        [[float(np.interp(f, c.fractions, c.values)) for f in first.fractions] for c in curves]
+    )
+    noise = None
+    if band_points is None:
+        spread = float(np.median(at_first.std(axis=0, ddof=1)))
+        noise = max(spread, max(curve.noise or 0.0 for curve in curves))
+    return ReferenceCurve(
+        f"{len(curves)} seeds: {', '.join(runs)}",
+        first.fractions,
+        tuple(float(value) for value in at_first.mean(axis=0)),
+        first.epochs,
+        noise,
+        first.fixed_band,
+        min(curve.validation_images or 0 for curve in curves) or None,
+    )
 
 
 def _noise(

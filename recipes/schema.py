@@ -552,7 +552,8 @@ class WatchConfig:
     (callbacks/curve_watch.py). Off while ``reference`` is null."""
 
     # What the run is compared with: a name in recipes/reference_curves/ ("ffcv_rn50"; the curve nearest the run's
-    # length in epochs), or a finished run's folder (runs/NAME: its metrics.jsonl and recipe.yaml); null: no watch.
+    # length in epochs), a finished run's folder (runs/NAME: its metrics.jsonl and recipe.yaml), or several runs of
+    # one recipe with other seeds, comma-separated (their mean, the band from their spread); null: no watch.
     reference: str | None = None
     # Half-width of the band in points of top-1; null: 2.8 x the noise of one of the reference's evaluations.
     band: float | None = None

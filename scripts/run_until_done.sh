@@ -162,11 +162,17 @@ while ! $stopping; do
     say "launch $launch (at most $((max_relaunches + 1))): $shown"
     "${command[@]}" &
     child=$!
-    # wait returns early when a trapped signal arrives; wait again until the command has really exited.
+    # `wait` returns 128+N early when a trapped signal N arrives, the command still running or its status not yet
+    # read. So a status over 128 is read again: bash keeps an exited command's status until it is waited for, and
+    # answers 127 once it has been (then the 128+N was the command's own). Asking `kill -0` instead lost a 75 to
+    # 143 when the command exited between the two calls.
+    status=0
     while true; do
-        status=0
-        wait "$child" || status=$?
-        kill -0 "$child" 2>/dev/null || break
+        code=0
+        wait "$child" || code=$?
+        ((code == 127)) && break
+        status=$code
+        ((code > 128)) || break
     done
     child=""
     if ((status != PREEMPTED)); then

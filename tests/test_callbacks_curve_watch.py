@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -329,6 +330,25 @@ def test_a_finished_runs_metrics_file_is_a_reference_by_fraction_of_its_steps(tm
     assert curve.fractions == (0.2, 0.4, 0.6, 0.8, 1.0) and curve.values == (0.2, 0.5, 0.6, 0.8, 0.9)
     assert curve.at(0.5) == pytest.approx(0.55)
     assert read_reference(str(folder / "metrics.jsonl")).curves == (curve,)
+
+
+def test_several_seeds_are_one_reference_whose_band_holds_their_spread(tmp_path: Path) -> None:
+    """Three smooth runs of one recipe, each a constant 4 points from the next: one run alone shows no noise (its
+    points lie on a line), the three show the spread a new seed can fall anywhere in: mean curve, sigma 4 points."""
+    shape = [0.2, 0.4, 0.6, 0.8, 0.9]
+    runs = [
+        write_reference_run(
+            tmp_path / f"seed{seed}", [value + offset for value in shape], max_duration="10ba"
+        )
+        for seed, offset in enumerate((-0.04, 0.0, 0.04))
+    ]
+    [alone] = read_reference(str(runs[1])).curves
+    [seeds] = read_reference(",".join(str(run) for run in runs)).curves
+    assert seeds.fractions == alone.fractions and seeds.values == pytest.approx(shape)
+    assert alone.noise == pytest.approx(0.0, abs=1e-9) and seeds.noise == pytest.approx(0.04)
+    assert seeds.band(0.6) == pytest.approx(2 * math.sqrt(2) * 0.04)
+    with pytest.raises(UsageError, match="need at least two"):
+        read_reference(f"{runs[0]},")
 
 
 def test_the_shared_trained_run_is_a_reference_as_written(trained_run: dict[str, Any]) -> None:
