@@ -330,7 +330,6 @@ def build_curve_watch(
     total = run_steps(
         config.max_duration, batches_per_epoch=batches_per_epoch, global_batch_size=config.global_batch_size
     )
-    curve = reference.nearest(total / max(1, batches_per_epoch))
     grace = steps_in(
         config.watch.grace,
         "watch.grace",
@@ -338,6 +337,8 @@ def build_curve_watch(
         global_batch_size=config.global_batch_size,
         total_steps=total,
     )
+    # The band sized on the part of the reference the watch judges (ReferenceCurve.judged_from).
+    curve = reference.nearest(total / max(1, batches_per_epoch)).judged_from(grace / max(1, total))
     return [
         CurveWatch(
             curve,

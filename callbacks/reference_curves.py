@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,17 +42,28 @@ SUMMARY = "summary.json"
 VALIDATION_IMAGES = "val_images"
 # watch.reference=runs/a,runs/b,runs/c: one recipe's runs with other seeds, one reference.
 SEED_SEPARATOR = ","
+# The fewest evaluations the judged part of a reference needs for its noise to be measured there alone.
+MIN_JUDGED_EVALUATIONS = 3
+# One source of a reference's noise: (fraction of the schedule, the noise sigma that evaluation suggests).
+NoiseSeries = tuple[tuple[float, float], ...]
 
 
-def noise_sigma(fractions: list[float], values: list[float]) -> float:
-    """The noise of one evaluation of a curve (in the values' unit), from the median distance of each point from
-    the line through its two neighbours (the constants above)."""
-    distances = []
+def neighbour_noise(fractions: list[float], values: list[float]) -> NoiseSeries:
+    """Each inner evaluation's distance from the line through its two neighbours, as the noise sigma it suggests
+    (the constants above), at its fraction of the schedule."""
+    series = []
     for i in range(1, len(values) - 1):
         weight = (fractions[i] - fractions[i - 1]) / (fractions[i + 1] - fractions[i - 1])
         line = values[i - 1] + weight * (values[i + 1] - values[i - 1])
-        distances.append(abs(values[i] - line))
-    return statistics.median(distances) / (NORMAL_MEDIAN_ABSOLUTE * NEIGHBOUR_LINE_FACTOR)
+        series.append(
+            (fractions[i], abs(values[i] - line) / (NORMAL_MEDIAN_ABSOLUTE * NEIGHBOUR_LINE_FACTOR))
+        )
+    return tuple(series)
+
+
+def noise_sigma(fractions: list[float], values: list[float]) -> float:
+    """The noise of one evaluation of a curve (in the values' unit): the median over its inner evaluations."""
+    return statistics.median(sigma for _, sigma in neighbour_noise(fractions, values))
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,25 @@ class ReferenceCurve:
     fixed_band: float | None = None
     # Validation images behind each of its evaluations, when known (a run folder's summary.json).
     validation_images: int | None = None
+    # Where ``noise`` was measured, source by source (the run; for several seeds, each run and their spread):
+    # ``judged_from`` measures it again over the part of the schedule the watch judges.
+    noise_series: tuple[NoiseSeries, ...] = ()
+    # The fraction of the schedule from which ``noise`` was measured (0: the whole curve).
+    noise_from: float = 0.0
+
+    def judged_from(self, fraction: float) -> ReferenceCurve:
+        """This curve with its noise measured over its evaluations from ``fraction`` of the schedule on, where the
+        watch judges (watch.grace). A curve's first evaluations (warm-up, the LR's peak, BatchNorm statistics
+        settling) jump by tens of points from one to the next; measured on them, a short reference's band came to
+        ±11.9 points on a digits run that ends at 99 %, and any run would pass at the end. The noise is the
+        largest over the sources of the median of each source's judged evaluations (the formula of the whole
+        curve); with fewer than MIN_JUDGED_EVALUATIONS of them in a source, the whole curve's noise stands."""
+        if self.noise is None or not self.noise_series or fraction <= 0:
+            return self
+        judged = [[sigma for at, sigma in series if at >= fraction - 1e-9] for series in self.noise_series]
+        if any(len(sigmas) < MIN_JUDGED_EVALUATIONS for sigmas in judged):
+            return self
+        return replace(self, noise=max(statistics.median(sigmas) for sigmas in judged), noise_from=fraction)
 
     def band(self, value: float, validation_images: int | None = None) -> float:
         """The band's half-width (0-1) where the reference is at ``value``: watch.band, or BAND_DEVIATIONS x sigma,
@@ -92,8 +122,9 @@ class ReferenceCurve:
         images = (
             f" and the sampling noise of {validation_images} validation images" if validation_images else ""
         )
+        where = f" from {100 * self.noise_from:.0f} % of its schedule on" if self.noise_from else ""
         return (
-            f"±2.8 sigma, sigma the larger of the reference's own noise from one evaluation to the next "
+            f"±2.8 sigma, sigma the larger of the reference's own noise from one evaluation to the next{where} "
             f"({100 * (self.noise or 0.0):.1f} points){images}"
         )
 
@@ -173,10 +204,11 @@ def _seeds_curve(runs: list[str], band_points: float | None) -> ReferenceCurve:
     at_first = np.array(
         [[float(np.interp(f, c.fractions, c.values)) for f in first.fractions] for c in curves]
     )
-    noise = None
+    noise, series = None, ()
     if band_points is None:
-        spread = float(np.median(at_first.std(axis=0, ddof=1)))
-        noise = max(spread, max(curve.noise or 0.0 for curve in curves))
+        spread = tuple(zip(first.fractions, map(float, at_first.std(axis=0, ddof=1)), strict=True))
+        series = (spread, *(series for curve in curves for series in curve.noise_series))
+        noise = max(statistics.median(sigma for _, sigma in source) for source in series)
     return ReferenceCurve(
         f"{len(curves)} seeds: {', '.join(runs)}",
         first.fractions,
@@ -185,22 +217,24 @@ def _seeds_curve(runs: list[str], band_points: float | None) -> ReferenceCurve:
         noise,
         first.fixed_band,
         min(curve.validation_images or 0 for curve in curves) or None,
+        series,
     )
 
 
 def _noise(
     path: Path, fractions: list[float], values: list[float], band_points: float | None
-) -> float | None:
-    """A curve's noise (noise_sigma), or None when watch.band is given; at least 3 evaluations to measure it."""
+) -> tuple[NoiseSeries, ...]:
+    """Where a curve's noise is measured (neighbour_noise), or nothing when watch.band is given; at least 3
+    evaluations to measure it."""
     if band_points is not None:
-        return None
+        return ()
     if len(values) < 3:
         raise UsageError(
             f"watch.reference {path} has {len(values)} evaluation(s); the band is derived from the reference's "
             "noise between consecutive evaluations, which needs at least 3. Give a reference that evaluated more "
             "often, or set the band yourself (watch.band=POINTS)."
         )
-    return noise_sigma(fractions, values)
+    return (neighbour_noise(fractions, values),)
 
 
 def _file_curves(path: Path, band_points: float | None) -> tuple[ReferenceCurve, ...]:
@@ -235,10 +269,18 @@ def _file_curves(path: Path, band_points: float | None) -> tuple[ReferenceCurve,
                 f"{where}: every top1 value must be a number from 0 to 1 (a fraction, as {METRIC})."
             )
         fractions = [(epoch + 1) / epochs for epoch in range(epochs)]
-        noise = _noise(path, fractions, top1, band_points)
+        series = _noise(path, fractions, top1, band_points)
         name = f"{path.name}: {run.get('arch', 'a run')}, {epochs} epochs"
         curves.append(
-            ReferenceCurve(name, tuple(fractions), tuple(map(float, top1)), float(epochs), noise, fixed_band)
+            ReferenceCurve(
+                name,
+                tuple(fractions),
+                tuple(map(float, top1)),
+                float(epochs),
+                _median_noise(series),
+                fixed_band,
+                noise_series=series,
+            )
         )
     return tuple(curves)
 
@@ -289,11 +331,23 @@ def _run_curve(path: Path, band_points: float | None) -> ReferenceCurve:
     steps = [step for step, _, _ in evaluations]
     values = [value for _, _, value in evaluations]
     fractions = [step / last_step for step in steps] if last_step else [1.0] * len(steps)
-    noise = _noise(metrics, fractions, values, band_points)
+    series = _noise(metrics, fractions, values, band_points)
     fixed_band = None if band_points is None else band_points / 100
     return ReferenceCurve(
-        name, tuple(fractions), tuple(values), epochs, noise, fixed_band, _validation_images(metrics.parent)
+        name,
+        tuple(fractions),
+        tuple(values),
+        epochs,
+        _median_noise(series),
+        fixed_band,
+        _validation_images(metrics.parent),
+        series,
     )
+
+
+def _median_noise(series: tuple[NoiseSeries, ...]) -> float | None:
+    """A curve's noise over its whole schedule: the largest of its sources' medians (None: none measured)."""
+    return max((statistics.median(sigma for _, sigma in source) for source in series), default=None)
 
 
 def _validation_images(folder: Path) -> int | None:

@@ -28,7 +28,7 @@ from callbacks.curve_watch import (
     read_watch_reference,
 )
 from callbacks.findings import read_findings
-from callbacks.reference_curves import ReferenceCurve, noise_sigma, read_reference
+from callbacks.reference_curves import ReferenceCurve, neighbour_noise, noise_sigma, read_reference
 from recipes.errors import UsageError
 from training.preflight import load_run_recipe
 
@@ -209,6 +209,40 @@ def test_a_small_validation_set_widens_the_band_to_its_sampling_noise(tmp_path: 
         watch = CurveWatch(smooth, 100, tmp_path, str(tmp_path), validation_images=images)
         evaluate_at(watch, FakeState(), RecordingLogger(), 50, 0.87)
         assert watch.comparisons[0].side == side, images
+
+
+# A smoke run on the digits (runs/watch-ref of the README): warm-up and the LR's peak jump tens of points, then a
+# smooth rise to 99 %.
+DIGITS_REFERENCE = (0.469, 0.400, 0.906, 0.822, 0.958, 0.967, 0.983, 0.989, 0.992, 0.992)
+
+
+def test_the_band_is_sized_on_the_part_of_the_reference_the_watch_judges(tmp_path: Path) -> None:
+    """Measured over the whole curve, the early jumps made the band ±11.9 points (sigma 4.2) on a run that ends
+    at 99 %: a run 10 points under at the end would pass. From the grace (25 %) on, the median is the smooth
+    part's: under one point, so the sampling noise of the 360 validation images sets the band."""
+    fractions = [(i + 1) / 10 for i in range(10)]
+    whole = ReferenceCurve(
+        "digits", tuple(fractions), DIGITS_REFERENCE, 10.0, noise_sigma(fractions, list(DIGITS_REFERENCE)),
+        noise_series=(neighbour_noise(fractions, list(DIGITS_REFERENCE)),),
+    )  # fmt: skip
+    assert whole.noise == pytest.approx(0.042, abs=0.001)
+    judged = whole.judged_from(0.25)
+    assert judged.noise < 0.01 and judged.noise_from == 0.25
+    assert 100 * judged.band(0.99, 360) < 2.0 < 100 * whole.band(0.99, 360) / 5
+    assert "from 25 % of its schedule on" in judged.describe_band(360)
+    # Fewer than three judged evaluations to measure it on: the whole curve's noise stands.
+    assert whole.judged_from(0.85) == whole
+    # The watch train.py builds: judged from its grace.
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"phase": "eval", "step": 10 * (i + 1), "epoch": i + 1, "val/acc1": value}) + "\n"
+            for i, value in enumerate(DIGITS_REFERENCE)
+        )
+    )
+    config = load_run_recipe("smoke", [f"watch.reference={tmp_path / 'ref'}", "watch.grace=3ep"])
+    [watch] = build_curve_watch(config, read_watch_reference(config), tmp_path, str(tmp_path), 10)
+    assert watch.curve.noise_from == pytest.approx(0.3) and watch.curve.noise < 0.01
 
 
 def test_watch_band_replaces_the_derived_band(tmp_path: Path) -> None:

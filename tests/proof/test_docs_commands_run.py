@@ -32,6 +32,9 @@ pytestmark = pytest.mark.proof
 # Appended to every training command: two steps on a few images, so each command's work is shown, not its length.
 TINY = ["max_duration=2ba", "data.subset_size=64", "data.val_subset_size=32"]
 TINY_RANGE_TEST = ["--iterations", "20"]  # the shortest sweep the range test takes
+# A run that a later command names as its curve watch's reference: the band is derived from the reference's noise
+# between evaluations, which needs three of them (callbacks/reference_curves.py).
+TINY_REFERENCE = ["max_duration=3ba", "eval_interval=1ba", "data.subset_size=96", "data.val_subset_size=32"]
 DIGITS_VAL_FRACTION = 0.2  # the smoke recipe's data.digits_val_fraction
 
 
@@ -65,9 +68,23 @@ def checkpoint_argument(words: list[str], folder: Path) -> list[str]:
     return [*words[:index], path, *words[index + 1 :]]
 
 
-def run_command(command: DocCommand, folder: Path, cache: Path, more: dict[str, str]) -> str:
+def watch_references(commands: list[DocCommand]) -> set[str]:
+    """The run names the docs' commands give as ``watch.reference=runs/NAME`` (several seeds: each)."""
+    names = set()
+    for command in commands:
+        for override in command.overrides:
+            key, _, value = override.partition("=")
+            if key == "watch.reference":
+                names |= {Path(part.strip()).name for part in value.split(",") if part.strip()}
+    return names
+
+
+def run_command(
+    command: DocCommand, folder: Path, cache: Path, more: dict[str, str], references: set[str] | None = None
+) -> str:
     """Run one command in-process (its entry point's ``main``), in ``folder``; returns what ran. A failing
-    command fails the test with the page and the command."""
+    command fails the test with the page and the command. A training run named in ``references`` is made long
+    enough to be a curve watch's reference (``TINY_REFERENCE``)."""
     import evaluate
     import train
 
@@ -75,7 +92,9 @@ def run_command(command: DocCommand, folder: Path, cache: Path, more: dict[str, 
     program, arguments = words[0], words[1:]
     if program == "train.py":
         extra = TINY_RANGE_TEST if "--find-lr" in arguments and "--iterations" not in arguments else []
-        status = train.main([*arguments, *TINY, f"data.cache_dir={cache}", *extra])
+        named = {word.partition("=")[2] for word in arguments if word.startswith("run_name=")}
+        tiny = TINY_REFERENCE if named & (references or set()) else TINY
+        status = train.main([*arguments, *tiny, f"data.cache_dir={cache}", *extra])
     elif program == "evaluate.py":
         arguments = checkpoint_argument(arguments, folder)
         checkpoint = Path(arguments[arguments.index("--checkpoint") + 1])
@@ -104,11 +123,13 @@ def test_cpu_commands_run_in_the_order_the_docs_show(
     shutil.copy(next((images / "val").glob("*/*")), tmp_path / "photo.jpg")  # the image export.md predicts
     more = {"DIR": str(images), "OUT": str(tmp_path / "out")}
     started, ran = time.perf_counter(), []
-    for command in doc_commands():
+    commands = doc_commands()
+    references = watch_references(commands)
+    for command in commands:
         if command.check is not Check.RUN:
             continue
         for step in make_train_commands() if command.words[:2] == ("make", "train") else [command]:
-            ran.append(run_command(step, tmp_path, digits_cache, more))
+            ran.append(run_command(step, tmp_path, digits_cache, more, references))
     seconds = time.perf_counter() - started
     print("\n".join(ran))
     record_property(
