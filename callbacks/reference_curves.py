@@ -99,10 +99,12 @@ class ReferenceCurve:
         curve); with fewer than MIN_JUDGED_EVALUATIONS of them in a source, the whole curve's noise stands."""
         if self.noise is None or not self.noise_series or fraction <= 0:
             return self
-        judged = [[sigma for at, sigma in series if at >= fraction - 1e-9] for series in self.noise_series]
-        if any(len(sigmas) < MIN_JUDGED_EVALUATIONS for sigmas in judged):
+        judged = tuple(
+            tuple(point for point in series if point[0] >= fraction - 1e-9) for series in self.noise_series
+        )
+        if any(len(series) < MIN_JUDGED_EVALUATIONS for series in judged):
             return self
-        return replace(self, noise=max(statistics.median(sigmas) for sigmas in judged), noise_from=fraction)
+        return replace(self, noise=_median_noise(judged), noise_from=fraction)
 
     def band(self, value: float, validation_images: int | None = None) -> float:
         """The band's half-width (0-1) where the reference is at ``value``: watch.band, or BAND_DEVIATIONS x sigma,
@@ -208,7 +210,7 @@ def _seeds_curve(runs: list[str], band_points: float | None) -> ReferenceCurve:
     if band_points is None:
         spread = tuple(zip(first.fractions, map(float, at_first.std(axis=0, ddof=1)), strict=True))
         series = (spread, *(series for curve in curves for series in curve.noise_series))
-        noise = max(statistics.median(sigma for _, sigma in source) for source in series)
+        noise = _median_noise(series)
     return ReferenceCurve(
         f"{len(curves)} seeds: {', '.join(runs)}",
         first.fractions,
